@@ -1,0 +1,113 @@
+"""Decode audio files to float32 at 16 kHz: libsndfile first, ffmpeg for everything else.
+
+libsndfile (through soundfile) reads WAV of any sample width, FLAC, OGG and MP3 without a
+subprocess; ffmpeg covers the rest (M4A, WMA, odd WAV variants). Resampling uses soxr (HQ).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+
+class DecodeError(Exception):
+    """The file could not be decoded by any backend; the message says why."""
+
+
+class TooLong(DecodeError):
+    """The file is longer than the limit; raised before its samples are read."""
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the source file is, before any conversion."""
+
+    sample_rate: int
+    channels: int
+    frames: int
+    format: str  # container/sample format, e.g. "WAV/PCM_24", "FLAC/PCM_16", "ffmpeg:mp3"
+    backend: str  # "soundfile" or "ffmpeg"
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def decode(path: Path, max_duration_s: float = float("inf")) -> tuple[SourceInfo, np.ndarray]:
+    """Probe a file and read all its samples as float32 (frames, channels) at the source rate.
+
+    libsndfile formats are probed and read in one open. A file whose header says it is longer than
+    `max_duration_s` raises TooLong before any sample is read, so memory stays bounded.
+    """
+    try:
+        with sf.SoundFile(str(path)) as f:
+            info = _sf_info(f)
+            _check_length(info, max_duration_s)
+            return info, f.read(dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        info = _ffprobe(path, f"libsndfile: {e}")
+    _check_length(info, max_duration_s)
+    return info, _ffmpeg_read(path, info)
+
+
+def _check_length(info: SourceInfo, max_duration_s: float) -> None:
+    if info.duration_s > max_duration_s:
+        raise TooLong(f"too long: {info.duration_s:.1f} s > max_duration_s {max_duration_s:g} s")
+
+
+def _sf_info(f: sf.SoundFile) -> SourceInfo:
+    if f.samplerate <= 0 or f.channels <= 0:
+        raise RuntimeError(f"bad header (rate {f.samplerate}, channels {f.channels})")
+    return SourceInfo(f.samplerate, f.channels, f.frames, f"{f.format}/{f.subtype}", "soundfile")
+
+
+def _ffprobe(path: Path, sf_error: str) -> SourceInfo:
+    if shutil.which("ffprobe") is None:
+        raise DecodeError(f"{sf_error}; ffmpeg is not installed (apt-get install ffmpeg) to try further")
+    cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+           "stream=sample_rate,channels,codec_name,duration", "-of", "json", str(path)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    streams = json.loads(proc.stdout or "{}").get("streams") if proc.returncode == 0 else None
+    if not streams:
+        why = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no audio stream"
+        raise DecodeError(f"not a readable audio file ({sf_error}; ffmpeg: {why})")
+    s = streams[0]
+    rate, channels = int(s.get("sample_rate", 0)), int(s.get("channels", 0))
+    if rate <= 0 or channels <= 0:
+        raise DecodeError(f"not a readable audio file ({sf_error}; ffmpeg: rate {rate}, channels {channels})")
+    frames = int(float(s.get("duration") or 0) * rate)
+    return SourceInfo(rate, channels, frames, f"ffmpeg:{s.get('codec_name', '?')}", "ffmpeg")
+
+
+def _ffmpeg_read(path: Path, info: SourceInfo) -> np.ndarray:
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0",
+           "-f", "f32le", "-acodec", "pcm_f32le", "-"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, timeout=600)
+    if proc.returncode != 0:
+        raise DecodeError(f"ffmpeg could not decode: {proc.stderr.decode(errors='replace').strip()[-300:]}")
+    return np.frombuffer(proc.stdout, dtype="<f4").reshape(-1, info.channels)
+
+
+def to_mono(frames: np.ndarray, channel: int | None) -> np.ndarray:
+    """One channel of a (frames, channels) array, or the mean of all channels when `channel` is None."""
+    if channel is not None:
+        if channel >= frames.shape[1]:
+            raise DecodeError(f"channel {channel} requested but the file has {frames.shape[1]}")
+        return np.ascontiguousarray(frames[:, channel])
+    if frames.shape[1] == 1:
+        return frames[:, 0]
+    return frames.mean(axis=1, dtype=np.float32)
+
+
+def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Resample a mono float32 signal with soxr (high quality, 20-bit); a no-op when the rates match."""
+    if rate_in == rate_out:
+        return x
+    return soxr.resample(x, rate_in, rate_out, quality="HQ").astype(np.float32, copy=False)

@@ -1,0 +1,202 @@
+"""The data card: a Hugging Face dataset card whose body follows Datasheets for Datasets.
+
+Every number in it is computed from the shards and the quarantine table of the build, never typed
+by hand. Plots go to `card/` beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+import pandas as pd
+
+from pallm.corpora import get_adapter
+from pallm.corpora.base import Quarantined
+from pallm.labels import LABEL_MAP, LABEL_MAP_VERSION
+from pallm.schema import COLUMNS
+from pallm.shards import atomic_path, write_bytes_atomic, write_json_atomic
+
+if TYPE_CHECKING:
+    from pallm.pipeline import ChunkResult
+
+TEMPLATE = Path(__file__).parent / "templates" / "data_card.md.j2"
+STAT_COLUMNS = (
+    "id", "corpus", "split", "speaker_id", "gender", "emotion_native", "emotion", "sentiment",
+    "duration_s", "level_rms_dbfs", "source_sample_rate", "source_channels",
+)  # fmt: skip
+SPLIT_ORDER = ("train", "validation", "test")
+
+
+def render_card(
+    out: Path, manifest: dict[str, Any], results: Sequence[ChunkResult], quarantined: Sequence[Quarantined]
+) -> str:
+    """Compute the statistics, draw the plots and render the card's Markdown."""
+    from pallm.pipeline import label_table
+
+    df = label_table(out, results, STAT_COLUMNS).to_pandas()
+    q = pd.DataFrame([x.as_dict() for x in quarantined], columns=["id", "corpus", "path", "stage", "reason"])
+    corpora = sorted(manifest["corpus_roots"])
+    adapters = [get_adapter(c) for c in corpora]
+    plots = draw_plots(out / "card", df)
+    splits: dict[str, list[str]] = {}
+    for s in manifest["shards"]:
+        splits.setdefault(s["split"], []).append(s["path"])
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
+    )
+    env.filters["md"] = _md_table
+    env.filters["tojson"] = json.dumps
+    return env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(
+        m=manifest,
+        built_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        splits=[(s, sorted(splits[s])) for s in (*SPLIT_ORDER, *sorted(set(splits) - set(SPLIT_ORDER))) if s in splits],
+        adapters=adapters,
+        synthetic=any(a.synthetic for a in adapters),
+        licenses=sorted({a.license for a in adapters}),
+        rows=len(df),
+        hours=df["duration_s"].sum() / 3600 if len(df) else 0.0,
+        by_corpus=_counts(df, ["corpus"]),
+        by_split=_counts(df, ["corpus", "split"]),
+        by_emotion=_pivot(df, "emotion"),
+        by_sentiment=_pivot(df, "sentiment"),
+        by_gender=_counts(df, ["corpus", "gender"]),
+        by_speaker=_counts(df, ["corpus", "speaker_id", "gender"]),
+        label_map=[m for m in LABEL_MAP if m.corpus in corpora or m.corpus == "*"],
+        label_map_version=LABEL_MAP_VERSION,
+        quarantine_summary=_quarantine_summary(q),
+        quarantine_items=q.head(100).fillna("").to_dict("records"),
+        quarantine_total=len(q),
+        columns=COLUMNS,
+        plots=plots,
+        size_category=_size_category(len(df)),
+    )
+
+
+def _counts(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    if df.empty:
+        return pd.DataFrame(columns=[*by, "utterances", "hours"])
+    g = df.groupby(by, dropna=False).agg(utterances=("id", "size"), hours=("duration_s", "sum")).reset_index()
+    g["hours"] = (g["hours"] / 3600).round(3)
+    return g
+
+
+def _pivot(df: pd.DataFrame, label: str) -> pd.DataFrame:
+    if df.empty:
+        return pd.DataFrame(columns=["corpus", label])
+    t = df.assign(**{label: df[label].fillna("(none)")}).pivot_table(
+        index=["corpus", label], columns="split", values="id", aggfunc="size", fill_value=0
+    )
+    t = t[[c for c in (*SPLIT_ORDER, *sorted(set(t.columns) - set(SPLIT_ORDER))) if c in t.columns]]
+    t["total"] = t.sum(axis=1)
+    return t.reset_index()
+
+
+def _quarantine_summary(q: pd.DataFrame) -> pd.DataFrame:
+    if q.empty:
+        return pd.DataFrame(columns=["corpus", "stage", "reason", "items"])
+    kind = q["reason"].str.replace(r"[:(].*$", "", regex=True).str.strip()
+    return q.assign(reason=kind).groupby(["corpus", "stage", "reason"]).size().rename("items").reset_index()
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub Markdown table (pipes in cells escaped)."""
+    if df.empty:
+        return "_none_"
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        v = f"{v:.3f}".rstrip("0").rstrip(".") if v == v else ""
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def _size_category(n: int) -> str:
+    for bound, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < bound:
+            return name
+    return "n>1M"
+
+
+def draw_plots(folder: Path, df: pd.DataFrame) -> dict[str, str]:
+    """Emotion counts per corpus, and distributions of duration and level; returns caption -> path."""
+    if df.empty:
+        return {}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots: dict[str, str] = {}
+    corpora = sorted(df["corpus"].unique())
+    fig, axes = plt.subplots(1, len(corpora), figsize=(4.5 * len(corpora), 3.6), squeeze=False)
+    for ax, corpus in zip(axes[0], corpora, strict=True):
+        counts = df[df["corpus"] == corpus].groupby(["emotion", "sentiment"], dropna=False).size()
+        colors = {"positive": "#4c9f70", "neutral": "#8a8f98", "negative": "#c8553d"}
+        ax.bar(
+            [e for e, _ in counts.index], counts.values,
+            color=[colors.get(s, "#d9a441") for _, s in counts.index],
+        )  # fmt: skip
+        ax.set_title(f"{corpus}: utterances per emotion")
+        ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    plots["Utterances per unified emotion (colour: sentiment)"] = _save(fig, folder / "emotions.png")
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for corpus in corpora:
+        part = df[df["corpus"] == corpus]
+        a1.hist(part["duration_s"], bins=30, alpha=0.6, label=corpus)
+        a2.hist(part["level_rms_dbfs"], bins=30, alpha=0.6, label=corpus)
+    a1.set_xlabel("duration (s)")
+    a2.set_xlabel("RMS level (dBFS, as recorded)")
+    a1.legend()
+    fig.tight_layout()
+    plots["Duration and recorded level"] = _save(fig, folder / "durations_levels.png")
+    plt.close("all")
+    return plots
+
+
+def _save(fig: Any, path: Path) -> str:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return f"{path.parent.name}/{path.name}"
+
+
+def register(index_dir: Path, out: Path, manifest: dict[str, Any], card: str) -> None:
+    """Keep a copy of the card in `index_dir` and list the build in its `index.md`."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    version = manifest["version"]
+    write_bytes_atomic(index_dir / f"{manifest['name']}-{version}.md", card.encode())
+    index_path = index_dir / "index.json"
+    try:
+        entries = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        entries = []
+    entries = [e for e in entries if (e["name"], e["version"]) != (manifest["name"], version)]
+    entries.append({
+        "name": manifest["name"], "version": version, "rows": manifest["rows"],
+        "quarantined": manifest["quarantined"], "path": str(out.resolve()),
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"), "code_version": manifest["code_version"],
+    })  # fmt: skip
+    write_json_atomic(index_path, entries)
+    lines = [
+        "# Built dataset versions",
+        "",
+        "| name | version | rows | quarantined | built | card | folder |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for e in sorted(entries, key=lambda e: e["built_at"], reverse=True):
+        card_name = f"{e['name']}-{e['version']}.md"
+        lines.append(
+            f"| {e['name']} | {e['version']} | {e['rows']} | {e['quarantined']} | {e['built_at']} "
+            f"| [{card_name}]({card_name}) | `{e['path']}` |"
+        )
+    write_bytes_atomic(index_dir / "index.md", ("\n".join(lines) + "\n").encode())

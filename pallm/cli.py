@@ -1,0 +1,121 @@
+"""The `pallm` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="PALLM pipeline: build paralinguistic speech datasets.", no_args_is_help=True, add_completion=False
+)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command("build-dataset")
+def build_dataset(
+    corpus: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--corpus",
+            help="NAME=PATH, repeatable (ravdess, iemocap, expresso, manifest); default: the built-in synthetic corpus",
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default: datasets/<name>)")] = None,
+    asr: Annotated[str | None, typer.Option(help="speech recognition: none")] = None,
+    teacher: Annotated[str | None, typer.Option(help="teacher LLM: none")] = None,
+    limit: Annotated[int | None, typer.Option(help="at most N utterances per corpus")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML or JSON config file; flags override it")] = None,
+    name: Annotated[str | None, typer.Option(help="dataset name")] = None,
+    workers: Annotated[int | None, typer.Option(help="chunks processed at once (default: CPU count)")] = None,
+    cards_index: Annotated[Path, typer.Option(help="folder keeping a copy of every card and an index")] = Path(
+        "data_cards"
+    ),
+) -> None:
+    """Build Parquet shards and a data card from speech corpora, through the build-dataset flow."""
+    from pallm.config import BuildConfig, CorpusSpec
+    from pallm.corpora import CorpusError
+    from pallm.pipeline import resolve_corpus
+
+    try:
+        cfg = BuildConfig.load(
+            config, corpora=[CorpusSpec.parse(c) for c in corpus] if corpus else None, asr=asr, teacher=teacher,
+            limit=limit, name=name, workers=workers, out=out,
+        )  # fmt: skip
+        for spec in cfg.corpora:  # fail before Prefect starts
+            resolve_corpus(spec)
+    except (CorpusError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    from flows.build_dataset import build_dataset as flow
+
+    summary = flow(
+        corpora=[f"{c.name}={c.path}" if c.path else c.name for c in cfg.corpora],
+        out=str(cfg.out),
+        asr=cfg.asr, teacher=cfg.teacher, limit=cfg.limit, config=str(config) if config else None,
+        name=cfg.name, workers=cfg.workers, cards_index=str(cards_index),
+    )  # fmt: skip
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def corpora() -> None:
+    """List the corpus adapters with their licences."""
+    from pallm.corpora import ADAPTERS
+
+    for a in ADAPTERS.values():
+        typer.echo(f"{a.name:10s} {a.license:28s} {a.description}")
+
+
+@app.command()
+def labels() -> None:
+    """Print the label map (corpus label -> unified emotion -> sentiment)."""
+    from pallm.labels import LABEL_MAP, LABEL_MAP_VERSION
+
+    typer.echo(f"label map version {LABEL_MAP_VERSION}")
+    for m in LABEL_MAP:
+        typer.echo(f"{m.corpus:9s} {m.native:12s} -> {m.emotion:11s} {m.sentiment or '(none)':9s} {m.note}")
+
+
+@app.command()
+def verify(dataset: Annotated[Path, typer.Argument(help="dataset folder")]) -> None:
+    """Check every shard of a built dataset against the checksums in its manifest."""
+    from pallm.shards import sha256_file
+
+    try:
+        manifest = json.loads((dataset / "manifest.json").read_text())
+    except (OSError, ValueError) as e:
+        _fail(f"{dataset} has no readable manifest.json: {e}")
+    bad = [
+        s["path"]
+        for s in manifest["shards"]
+        if not (dataset / s["path"]).is_file() or sha256_file(dataset / s["path"]) != s["sha256"]
+    ]
+    for p in bad:
+        typer.echo(f"corrupt or missing: {p}")
+    typer.echo(f"{len(manifest['shards']) - len(bad)}/{len(manifest['shards'])} shards intact, {manifest['rows']} rows")
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve() -> None:
+    """Register the deployments with the Prefect server and run them when asked (Ctrl-C stops)."""
+    from flows.serve import main
+
+    main()
+
+
+def main() -> None:
+    """Entry point of the `pallm` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

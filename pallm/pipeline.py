@@ -1,0 +1,397 @@
+"""A dataset build as plain functions: plan the work, run one chunk, finalise the dataset folder.
+
+`flows/build_dataset.py` orchestrates these with Prefect; nothing here imports Prefect, so every
+step is testable on its own. The dataset folder is laid out as
+
+    OUT/README.md                 data card (Hugging Face dataset card format)
+    OUT/manifest.json             shards with checksums and row counts, config, code version
+    OUT/quarantine.parquet        every item set aside, with the stage and the reason
+    OUT/data/<split>-<corpus>-<chunk>-<key>.parquet
+    OUT/card/*.png                plots used by the card
+    OUT/.pallm/chunks/*.json      one record per finished chunk: the cache
+
+A chunk is the unit of work and of caching: its key hashes the rows it holds (labels, relative
+paths, the source files' SHA-256) and every stage's fingerprint. A chunk whose record exists with
+its shards intact is not run again, so a rerun after a crash resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import pallm
+from pallm.audio.stage import audio_stage
+from pallm.config import BuildConfig, CorpusSpec
+from pallm.corpora import get_adapter
+from pallm.corpora.base import SOURCE_KEY, CorpusError, ItemError, Quarantined
+from pallm.labels import LABEL_MAP_VERSION
+from pallm.schema import COLUMN_NAMES, QUARANTINE_SCHEMA, SCHEMA_VERSION, validate_row
+from pallm.shards import (
+    TMP_PREFIX,
+    ShardInfo,
+    atomic_path,
+    sha256_file,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_shards,
+)  # fmt: skip
+from pallm.stages import Row, Stage, check_pipeline, run_stages
+
+STATE_DIR = ".pallm"
+DATA_DIR = "data"
+
+
+@dataclass
+class Chunk:
+    """A slice of one corpus split, in id order: what one task processes and one cache entry holds."""
+
+    corpus: str
+    split: str
+    index: int
+    key: str
+    rows: list[Row]
+
+    @property
+    def stem(self) -> str:
+        # Named by content, not position: a chunk keeps its name when others come and go.
+        return f"{self.split}-{self.corpus}-{self.key[:16]}"
+
+
+@dataclass
+class Plan:
+    """Everything a build will do, known before any audio is decoded."""
+
+    config: BuildConfig
+    chunks: list[Chunk]
+    quarantined: list[Quarantined]
+    stages: list[Stage]
+    corpus_roots: dict[str, str]
+    build_key: str
+
+    @property
+    def total_rows(self) -> int:
+        return sum(len(c.rows) for c in self.chunks)
+
+
+@dataclass
+class ChunkResult:
+    """What a chunk produced: its shards and the items it quarantined."""
+
+    stem: str
+    key: str
+    corpus: str
+    split: str
+    rows: int
+    shards: list[ShardInfo]
+    quarantined: list[Quarantined]
+    cached: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("cached")
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ChunkResult:
+        return cls(
+            **{k: d[k] for k in ("stem", "key", "corpus", "split", "rows")},
+            shards=[ShardInfo(**s) for s in d["shards"]],
+            quarantined=[Quarantined(**q) for q in d["quarantined"]],
+            cached=True,
+        )
+
+
+def build_stages(config: BuildConfig) -> list[Stage]:
+    """The stages a config asks for, checked against each other."""
+    stages = [audio_stage(config.audio)]
+    check_pipeline(stages)
+    return stages
+
+
+def code_version() -> str:
+    """The package version, plus the git commit when running from a checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{pallm.__version__}+g{commit}" if commit else pallm.__version__
+
+
+def resolve_corpus(spec: CorpusSpec) -> tuple[Any, Path]:
+    """The adapter and the path for a corpus spec; CorpusError says what to fix."""
+    adapter = get_adapter(spec.name)
+    path = spec.path
+    if path is None:
+        default = getattr(__import__(adapter.scan.__module__, fromlist=["default_dir"]), "default_dir", None)
+        if default is None:
+            raise CorpusError(f"corpus {spec.name!r} needs a path: --corpus {spec.name}=/path/to/{spec.name}")
+        path = default()
+    elif adapter.synthetic:
+        pass  # the synthetic corpus is created where it is asked for
+    elif adapter.path_is_file and not path.is_file():
+        raise CorpusError(f"{spec.name} manifest {path} does not exist: check the path given to --corpus")
+    elif not adapter.path_is_file and not path.is_dir():
+        raise CorpusError(f"{spec.name} corpus folder {path} does not exist: check the path given to --corpus")
+    return adapter, path.resolve()
+
+
+def plan(config: BuildConfig, stages: Sequence[Stage] | None = None, *, hash_workers: int | None = None) -> Plan:
+    """Scan every corpus, quarantine what cannot be ingested, hash the sources and cut chunks."""
+    stages = list(stages) if stages is not None else build_stages(config)
+    names = [c.name for c in config.corpora]
+    if len(set(names)) != len(names):
+        raise CorpusError(f"each corpus may be given once; got {names}")
+    resolved = [(spec, *resolve_corpus(spec)) for spec in config.corpora]  # fail fast, before any work
+    rows: list[Row] = []
+    quarantined: list[Quarantined] = []
+    roots: dict[str, str] = {}
+    for spec, adapter, path in resolved:
+        roots[spec.name] = str(path)
+        options = adapter.options.model_validate(spec.options)
+        found: list[Row] = []
+        for item in adapter.scan(path, options):
+            (quarantined if isinstance(item, Quarantined) else found).append(item)
+        found.sort(key=lambda r: r["id"])
+        rows.extend(_dedupe(found, quarantined)[: config.limit])
+    _hash_sources(rows, quarantined, hash_workers or config.workers)
+    rows = [r for r in rows if "source_sha256" in r]
+    chunks = _cut_chunks(rows, config, stages)
+    quarantined.sort(key=lambda q: (q.corpus, q.path, q.id or ""))
+    build_key = _hash(
+        {
+            "config": config.fingerprint(),
+            "chunks": [c.key for c in chunks],
+            "quarantined": [q.as_dict() for q in quarantined],
+            "code": code_version(),
+        }
+    )
+    return Plan(config, chunks, quarantined, stages, roots, build_key)
+
+
+def _dedupe(rows: list[Row], quarantined: list[Quarantined]) -> list[Row]:
+    seen: set[str] = set()
+    kept = []
+    for r in rows:
+        if r["id"] in seen:
+            quarantined.append(Quarantined(r["id"], r["corpus"], r["audio_path"], "ingest", "duplicate id"))
+        else:
+            seen.add(r["id"])
+            kept.append(r)
+    return kept
+
+
+def _hash_sources(rows: list[Row], quarantined: list[Quarantined], workers: int) -> None:
+    """Add `source_sha256` to each row; an unreadable file is quarantined here, before any chunk."""
+    paths = sorted({r[SOURCE_KEY] for r in rows})
+
+    def digest(p: str) -> str | OSError:
+        try:
+            return sha256_file(Path(p))
+        except OSError as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        digests = dict(zip(paths, pool.map(digest, paths), strict=True))
+    for r in rows:
+        d = digests[r[SOURCE_KEY]]
+        if isinstance(d, OSError):
+            why = "file not found" if isinstance(d, FileNotFoundError) else f"unreadable: {d.strerror}"
+            quarantined.append(Quarantined(r["id"], r["corpus"], r["audio_path"], "ingest", why))
+        else:
+            r["source_sha256"] = d
+
+
+def _cut_chunks(rows: list[Row], config: BuildConfig, stages: Sequence[Stage]) -> list[Chunk]:
+    groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    for r in rows:
+        groups[(r["corpus"], r["split"])].append(r)
+    fingerprint = {
+        "stages": [s.fingerprint() for s in stages],
+        "schema": SCHEMA_VERSION,
+        "labels": LABEL_MAP_VERSION,
+        "shards": config.shards.model_dump(mode="json"),
+    }
+    chunks = []
+    for (corpus, split), group in sorted(groups.items()):
+        group.sort(key=lambda r: r["id"])
+        for index, part in enumerate(_content_defined(group, config.shards.chunk_rows)):
+            content = [{k: v for k, v in r.items() if k != SOURCE_KEY} for r in part]
+            chunks.append(Chunk(corpus, split, index, _hash({"f": fingerprint, "rows": content}), part))
+    return chunks
+
+
+def _content_defined(rows: list[Row], target: int) -> Iterator[list[Row]]:
+    """Cut id-sorted rows into chunks whose boundaries depend on the ids, not on positions.
+
+    A chunk ends after a row whose id hashes to 0 modulo `target` (so chunks hold `target` rows on
+    average) or at `2 * target` rows. Adding or removing one utterance then changes one chunk, not
+    every chunk after it, and the rest of the build stays cached.
+    """
+    part: list[Row] = []
+    for r in rows:
+        part.append(r)
+        boundary = int.from_bytes(hashlib.sha256(r["id"].encode()).digest()[:8], "big") % target == 0
+        if boundary or len(part) >= 2 * target:
+            yield part
+            part = []
+    if part:
+        yield part
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _record_path(out: Path, stem: str) -> Path:
+    return out / STATE_DIR / "chunks" / f"{stem}.json"
+
+
+def cached_result(chunk: Chunk, out: Path) -> ChunkResult | None:
+    """The finished result of this chunk if its record and every shard it names are intact."""
+    record = _record_path(out, chunk.stem)
+    try:
+        result = ChunkResult.from_json(json.loads(record.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if result.key != chunk.key:
+        return None
+    for s in result.shards:
+        p = out / s.path
+        if not p.is_file() or p.stat().st_size != s.bytes:
+            return None
+    return result
+
+
+def run_chunk(chunk: Chunk, stages: Sequence[Stage], out: Path, config: BuildConfig) -> ChunkResult:
+    """Process one chunk unless its cached result is intact; write its shards and then its record."""
+    cached = cached_result(chunk, out)
+    if cached is not None:
+        return cached
+    quarantined: list[Quarantined] = []
+
+    def processed() -> Iterator[Row]:
+        for row in chunk.rows:
+            done, bad = run_stages([row], stages)
+            quarantined.extend(bad)
+            for r in done:
+                validate_row(r, COLUMN_NAMES)
+                yield r
+
+    shards = write_shards(
+        processed(),
+        out / DATA_DIR,
+        chunk.stem,
+        max_bytes=int(config.shards.max_shard_mb * 2**20),
+        row_group_rows=config.shards.row_group_rows,
+    )
+    result = ChunkResult(
+        chunk.stem, chunk.key, chunk.corpus, chunk.split, sum(s.rows for s in shards), shards, quarantined
+    )
+    write_json_atomic(_record_path(out, chunk.stem), result.to_json())
+    return result
+
+
+def read_manifest(out: Path) -> dict[str, Any]:
+    """The manifest of the dataset in `out`."""
+    return json.loads((out / "manifest.json").read_text())
+
+
+def is_finalized(plan: Plan, out: Path) -> bool:
+    """Whether the dataset folder already holds exactly this build (same build key, files intact)."""
+    try:
+        manifest = read_manifest(out)
+    except (OSError, ValueError):
+        return False
+    if manifest.get("build_key") != plan.build_key or not (out / "README.md").is_file():
+        return False
+    return all((out / s["path"]).is_file() for s in manifest.get("shards", []))
+
+
+def write_quarantine(out: Path, items: Sequence[Quarantined]) -> None:
+    """Write the quarantine table atomically."""
+    table = pa.Table.from_pylist([q.as_dict() for q in items], schema=QUARANTINE_SCHEMA)
+    with atomic_path(out / "quarantine.parquet") as tmp:
+        pq.write_table(table, tmp)
+
+
+def remove_stale(out: Path, results: Sequence[ChunkResult]) -> list[str]:
+    """Delete shards, chunk records and temporary files that the current build does not own."""
+    keep_shards = {s.path for r in results for s in r.shards}
+    keep_records = {f"{r.stem}.json" for r in results}
+    removed = []
+    for p in sorted((out / DATA_DIR).glob("*")):
+        rel = f"{DATA_DIR}/{p.name}"
+        if p.is_file() and (p.name.startswith(TMP_PREFIX) or rel not in keep_shards):
+            p.unlink()
+            removed.append(rel)
+    chunks_dir = out / STATE_DIR / "chunks"
+    for p in sorted(chunks_dir.glob("*")) if chunks_dir.is_dir() else []:
+        if p.name not in keep_records:
+            p.unlink()
+    for p in out.glob(TMP_PREFIX + "*"):
+        p.unlink()
+    return removed
+
+
+def label_table(out: Path, results: Sequence[ChunkResult], columns: Sequence[str]) -> pa.Table:
+    """The given (non-audio) columns of every shard, for statistics: audio bytes are never read."""
+    tables = [pq.read_table(out / s.path, columns=list(columns)) for r in results for s in r.shards]
+    return pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns})
+
+
+def finalize(
+    plan: Plan,
+    results: Sequence[ChunkResult],
+    out: Path,
+    *,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Write the quarantine table, the data card and the manifest (last: it marks the build done)."""
+    from pallm import cards
+
+    results = sorted(results, key=lambda r: r.stem)
+    removed = remove_stale(out, results)
+    quarantined = [*plan.quarantined, *(q for r in results for q in r.quarantined)]
+    write_quarantine(out, quarantined)
+    manifest = {
+        "name": plan.config.name,
+        "build_key": plan.build_key,
+        "version": plan.build_key[:12],
+        "schema_version": SCHEMA_VERSION,
+        "label_map_version": LABEL_MAP_VERSION,
+        "code_version": code_version(),
+        "config": plan.config.model_dump(mode="json"),
+        "config_hash": plan.config.fingerprint(),
+        "stages": {s.name: {"version": s.version, "fingerprint": s.fingerprint()} for s in plan.stages},
+        "corpus_roots": plan.corpus_roots,
+        "run_id": run_id,
+        "rows": sum(r.rows for r in results),
+        "quarantined": len(quarantined),
+        "shards": [asdict(s) | {"split": r.split, "corpus": r.corpus} for r in results for s in r.shards],
+    }
+    card = cards.render_card(out, manifest, results, quarantined)
+    write_bytes_atomic(out / "README.md", card.encode())
+    write_json_atomic(out / "manifest.json", manifest)
+    if plan.config.cards_index is not None:
+        cards.register(plan.config.cards_index, out, manifest, card)
+    return {"manifest": manifest, "removed": removed, "card": card}
+
+
+__all__ = [
+    "Chunk", "ChunkResult", "CorpusError", "ItemError", "Plan", "build_stages", "cached_result",
+    "finalize", "is_finalized", "plan", "run_chunk",
+]  # fmt: skip

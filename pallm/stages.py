@@ -1,0 +1,74 @@
+"""Stages: plain functions over rows that declare the columns they read and write.
+
+A pipeline is a list of stages; `check_pipeline` proves before anything runs that every column a
+stage reads is produced by the corpus adapters or an earlier stage. A stage's `fingerprint` (name,
+version, config) is part of every chunk's cache key, so changing a stage re-runs exactly the
+chunks it touches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from pallm.corpora.base import SOURCE_KEY, ItemError, Quarantined
+from pallm.schema import COLUMN_NAMES, PLANNED_COLUMNS
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named, versioned transformation of one row into the new column values it writes.
+
+    `process(row)` returns a dict with exactly the `writes` columns, or raises `ItemError` to
+    quarantine the row. Stages never mutate their input.
+    """
+
+    name: str
+    version: str
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    process: Callable[[Row], Row]
+    config: BaseModel | None = field(default=None)
+
+    def fingerprint(self) -> str:
+        cfg = self.config.model_dump(mode="json") if self.config is not None else None
+        blob = json.dumps({"name": self.name, "version": self.version, "config": cfg}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def check_pipeline(stages: Sequence[Stage], available: Sequence[str] = (*PLANNED_COLUMNS, SOURCE_KEY)) -> None:
+    """Raise ValueError if a stage reads a column nobody wrote, or writes an unknown column."""
+    have = set(available)
+    for s in stages:
+        missing = [c for c in s.reads if c not in have]
+        if missing:
+            raise ValueError(f"stage {s.name!r} reads {missing} but no earlier stage writes them")
+        unknown = [c for c in s.writes if c not in COLUMN_NAMES]
+        if unknown:
+            raise ValueError(f"stage {s.name!r} writes {unknown}, which pallm.schema does not define")
+        have.update(s.writes)
+
+
+def run_stages(rows: Sequence[Row], stages: Sequence[Stage]) -> tuple[list[Row], list[Quarantined]]:
+    """Run every row through every stage; a row that fails a stage is quarantined, the rest go on."""
+    done: list[Row] = []
+    bad: list[Quarantined] = []
+    for row in rows:
+        current = dict(row)
+        for s in stages:
+            try:
+                out = s.process(current)
+            except ItemError as e:
+                bad.append(Quarantined(current["id"], current["corpus"], current["audio_path"], s.name, str(e)))
+                break
+            current.update(out)
+        else:
+            done.append(current)
+    return done, bad

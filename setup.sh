@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian machine for PALLM: system packages, a virtual environment, the project.
+# Usage: bash setup.sh            (as root, or with sudo available for apt-get)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+APT_PACKAGES=(ffmpeg sox espeak-ng libsndfile1 git)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+    SUDO=$([[ $(id -u) == 0 ]] && echo "" || echo "sudo")
+    echo "installing Debian packages: ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || { echo "error: $PYTHON not found; PALLM needs Python 3.11" >&2; exit 1; }
+[[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# dev = the dataset builder + Hugging Face datasets (to read the output) + the test tools.
+.venv/bin/python -m pip install -q -e ".[dev]"
+echo "ready: .venv/bin/pallm --help"

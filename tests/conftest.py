@@ -1,0 +1,109 @@
+"""Shared fixtures: the real RAVDESS clips in ../shared, a real Prefect server, a clean environment."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+RAVDESS16K = SHARED / "corpora" / "ravdess16k"
+RAVDESS48K = SHARED / "corpora" / "ravdess48k_samples"
+
+# No internet here, and nothing may phone home.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@pytest.fixture(scope="session")
+def ravdess16k() -> Path:
+    """The real 16 kHz RAVDESS clips; skips when ../shared is not beside the checkout."""
+    if not RAVDESS16K.is_dir():
+        pytest.skip(f"real RAVDESS clips not found at {RAVDESS16K} (only the project's CI and developers have them)")
+    return RAVDESS16K
+
+
+@pytest.fixture(scope="session")
+def ravdess48k() -> Path:
+    """The six untouched 48 kHz RAVDESS originals (three stereo)."""
+    if not RAVDESS48K.is_dir():
+        pytest.skip(f"RAVDESS 48 kHz samples not found at {RAVDESS48K}")
+    return RAVDESS48K
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real Prefect server (embedded SQLite) on loopback; yields the environment that points at it."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
+    prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
+    log = open(home / "server.log", "wb")
+    proc = subprocess.Popen(
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
+                if r.read() == b"true":
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"Prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    try:
+        yield env
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture()
+def prefect_env(prefect_server: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point this process's Prefect client at the test server (for flows run in-process)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    for k in ("PREFECT_HOME", "PREFECT_API_URL"):
+        monkeypatch.setenv(k, prefect_server[k])
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server["PREFECT_API_URL"]}):
+        yield prefect_server
+
+
+def run_cli(
+    args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run the `pallm` command of this environment as a user would."""
+    pallm = shutil.which("pallm", path=str(Path(sys.executable).parent))
+    cmd = [pallm] if pallm else [sys.executable, "-m", "pallm.cli"]
+    return subprocess.run([*cmd, *args], env=env, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,118 @@
+"""The build-dataset flow on a real Prefect server: in-process, through the CLI, and as a deployment."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from build_helpers import make_tree, shard_rows
+from conftest import ROOT, run_cli
+
+from pallm.corpora.ravdess import EMOTIONS
+
+
+def test_flow_builds_and_publishes_artifacts(prefect_env: dict[str, str], ravdess16k: Path, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.build_dataset import build_dataset
+
+    root = tmp_path / "ravdess"
+    expect = make_tree(ravdess16k, root, real_per_actor=2)
+    out = tmp_path / "out"
+    summary = build_dataset(
+        corpora=[f"ravdess={root}"], out=str(out), name="flowtest", workers=2, cards_index=str(tmp_path / "cards")
+    )
+    assert summary["rows"] == len(expect["good"]) and summary["quarantined"] == 7 and summary["chunks_cached"] == 0
+    again = build_dataset(corpora=[f"ravdess={root}"], out=str(out), name="flowtest", workers=2)
+    assert again["chunks_cached"] == again["chunks"] and again["version"] == summary["version"]
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["data-card-flowtest", "counts-flowtest"]))
+        )
+    kinds = {a.key: a for a in arts}
+    assert set(kinds) == {"data-card-flowtest", "counts-flowtest"}
+    assert "## Composition" in kinds["data-card-flowtest"].data
+    table = (
+        json.loads(kinds["counts-flowtest"].data)
+        if isinstance(kinds["counts-flowtest"].data, str)
+        else kinds["counts-flowtest"].data
+    )
+    assert sum(r["utterances"] for r in table if r["corpus"] == "ravdess") == len(expect["good"])
+
+
+def test_cli_builds_the_real_ravdess_clips(prefect_server: dict[str, str], ravdess16k: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ravdess"
+    proc = run_cli(["build-dataset", "--corpus", f"ravdess={ravdess16k}", "--out", str(out), "--asr", "none",
+                    "--teacher", "none", "--cards-index", str(tmp_path / "cards")], prefect_server)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{") :])
+    assert summary["rows"] == 1200 and summary["quarantined"] == 0
+    rows = shard_rows(out, ["id", "emotion_native", "speaker_id", "split"])
+    assert len({r["id"] for r in rows}) == 1200
+    for r in rows:  # the labels match the file names
+        codes = r["id"].removeprefix("ravdess/").split("-")
+        assert r["emotion_native"] == EMOTIONS[int(codes[2])] and r["speaker_id"] == f"ravdess/actor{codes[6]}"
+    verify = run_cli(["verify", str(out)], prefect_server)
+    assert verify.returncode == 0 and "shards intact, 1200 rows" in verify.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--corpus", "ravdess=/nonexistent/RAVDESS"], "ravdess corpus folder /nonexistent/RAVDESS does not exist"),
+        (["--corpus", "ravdes=/tmp"], "unknown corpus 'ravdes'"),
+        (["--corpus", "manifest=/nonexistent.csv"], "does not exist"),
+        (["--asr", "whisper"], "asr"),
+    ],
+)
+def test_cli_stops_at_once_on_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}  # no server: must fail before Prefect
+    start = time.monotonic()
+    proc = run_cli(["build-dataset", "--out", str(tmp_path / "o"), *args], env)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and time.monotonic() - start < 20
+
+
+@pytest.mark.parametrize("command", [[], ["build-dataset"], ["corpora"], ["labels"], ["verify"], ["serve"]])
+def test_every_command_has_help(command: list[str]) -> None:
+    proc = run_cli([*command, "--help"], dict(os.environ))
+    assert proc.returncode == 0 and "Usage:" in proc.stdout and len(proc.stdout) > 200
+
+
+def test_deployment_run_builds_a_dataset(prefect_server: dict[str, str], ravdess16k: Path, tmp_path: Path) -> None:
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "pallm.cli", "serve"], cwd=ROOT, env=prefect_server,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        prefect = str(Path(sys.executable).parent / "prefect")
+        deadline = time.monotonic() + 120
+        while subprocess.run([prefect, "deployment", "inspect", "build-dataset/default"], env=prefect_server,
+                             capture_output=True).returncode != 0:  # fmt: skip
+            assert serve.poll() is None and time.monotonic() < deadline, "pallm serve did not register deployments"
+            time.sleep(1)
+        out = tmp_path / "deployed"
+        run = subprocess.run(
+            [prefect, "deployment", "run", "build-dataset/default", "--param", f'corpora=["ravdess={ravdess16k}"]',
+             "--param", f"out={out}", "--param", "limit=24", "--param", "name=deployed", "--watch",
+             "--watch-timeout", "300"],
+            env=prefect_server, capture_output=True, text=True, timeout=360,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        assert "Completed" in run.stdout
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["rows"] == 24 and manifest["name"] == "deployed" and manifest["run_id"]
+    finally:
+        os.killpg(serve.pid, signal.SIGINT)
+        try:
+            serve.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
