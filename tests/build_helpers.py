@@ -46,7 +46,10 @@ def make_tree(
     for a in actors:
         folder = root / f"Actor_{a:02d}"
         folder.mkdir(parents=True, exist_ok=True)
-        for src in sorted((ravdess16k / f"Actor_{a:02d}").glob("*.wav"))[:real_per_actor]:
+        # Real clips whose names the bad and converted files below take are left out.
+        reserved = {*BAD_AUDIO, *CONVERTED, *BAD_NAMES}
+        real = [p for p in sorted((ravdess16k / f"Actor_{a:02d}").glob("*.wav")) if p.stem not in reserved]
+        for src in real[:real_per_actor]:
             shutil.copy(src, folder / src.name)
             good.add(f"ravdess/{src.stem}")
     odd = root / "Actor 10 – répliques été"  # spaces and non-ASCII in the path

@@ -1,0 +1,73 @@
+"""Kill the build with SIGKILL at random points, run it again: complete, identical, no duplicates."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from build_helpers import make_tree
+from conftest import ROOT
+from pallm.shards import TMP_PREFIX, sha256_file
+
+
+def start_build(root: Path, out: Path, config: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pallm.cli", "build-dataset", "--corpus", f"ravdess={root}", "--out", str(out),
+         "--config", str(config), "--workers", "2", "--cards-index", str(out.parent / "cards")],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def snapshot(out: Path) -> dict[str, str]:
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {s["path"]: s["sha256"] for s in manifest["shards"]}
+
+
+def test_sigkill_at_random_points_then_rerun(prefect_server: dict[str, str], ravdess16k: Path, tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    expect = make_tree(ravdess16k, root, real_per_actor=12)
+    config = tmp_path / "build.yaml"
+    config.write_text("name: crash\nshards:\n  chunk_rows: 6\n  row_group_rows: 2\n")
+
+    reference = tmp_path / "reference"
+    t = time.monotonic()
+    proc = start_build(root, reference, config, prefect_server)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+    duration = time.monotonic() - t
+
+    out = tmp_path / "crashed"
+    rng = random.Random(1234)
+    kills = 0
+    for _ in range(4):
+        proc = start_build(root, out, config, prefect_server)
+        time.sleep(rng.uniform(0.3, duration))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=60)
+    assert kills >= 2, "the build finished before most kills: the test did not exercise a crash"
+
+    proc = start_build(root, out, config, prefect_server)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+
+    # Identical to the uninterrupted build, shard for shard.
+    assert snapshot(out) == snapshot(reference)
+    ids: list[str] = []
+    for path, digest in snapshot(out).items():
+        assert sha256_file(out / path) == digest
+        ids.extend(pq.read_table(out / path, columns=["id"]).column("id").to_pylist())
+    assert len(ids) == len(set(ids)) and set(ids) == expect["good"]
+    # Nothing half-written or stale is left behind.
+    listed = {Path(p).name for p in snapshot(out)}
+    assert {p.name for p in (out / "data").iterdir()} == listed
+    assert not [p for p in out.rglob(TMP_PREFIX + "*")]
+    quarantined = pq.read_table(out / "quarantine.parquet").to_pylist()
+    assert len(quarantined) == len({(q["id"], q["path"]) for q in quarantined}) == 7
