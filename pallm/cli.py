@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -114,6 +115,8 @@ def serve() -> None:
 
 def main() -> None:
     """Entry point of the `pallm` console script."""
+    # Offline first: no usage reports from an embedded Prefect server unless the user opts in.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     app()
 
 

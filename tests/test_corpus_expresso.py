@@ -10,12 +10,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import soundfile as sf
+from corpus_fixtures import EXPRESSO_RATE, make_expresso_tree, voiced, write_wav
 
 from pallm.corpora import expresso, get_adapter
 from pallm.corpora.base import SOURCE_KEY, CorpusError, Quarantined
 from pallm.labels import map_label
 from pallm.schema import UTTERANCE_COLUMNS, arrow_schema
-from tests.corpus_fixtures import EXPRESSO_RATE, make_expresso_tree, voiced, write_wav
 
 #: Every style name of the release, as spelled in its folder and file names (split files, README tree).
 REAL_STYLES = (

@@ -10,11 +10,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import soundfile as sf
+from corpus_fixtures import make_iemocap_tree
 
 from pallm.corpora import get_adapter, iemocap
 from pallm.corpora.base import SOURCE_KEY, CorpusError, Quarantined
 from pallm.schema import UTTERANCE_COLUMNS, arrow_schema
-from tests.corpus_fixtures import make_iemocap_tree
 
 
 @pytest.fixture(scope="module")

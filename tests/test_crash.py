@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-
 from build_helpers import make_tree
 from conftest import ROOT
+
 from pallm.shards import TMP_PREFIX, sha256_file
 
 
