@@ -50,7 +50,7 @@ def decode(path: Path, max_duration_s: float = float("inf")) -> tuple[SourceInfo
         with sf.SoundFile(str(path)) as f:
             info = _sf_info(f)
             _check_length(info, max_duration_s)
-            return info, f.read(dtype="float32", always_2d=True)
+            return info, _read_float32(f)
     except (sf.LibsndfileError, RuntimeError) as e:
         info = _ffprobe(path, f"libsndfile: {e}")
     _check_length(info, max_duration_s)
@@ -60,6 +60,22 @@ def decode(path: Path, max_duration_s: float = float("inf")) -> tuple[SourceInfo
 def _check_length(info: SourceInfo, max_duration_s: float) -> None:
     if info.duration_s > max_duration_s:
         raise TooLong(f"too long: {info.duration_s:.1f} s > max_duration_s {max_duration_s:g} s")
+
+
+# libsndfile's own integer -> float conversion is slow; reading integers and scaling in numpy is
+# over twice as fast and gives the same values (x / 2**15 for 16-bit, x / 2**31 for 24/32-bit).
+_INT_READS = {"PCM_16": ("int16", 2.0**-15), "PCM_24": ("int32", 2.0**-31), "PCM_32": ("int32", 2.0**-31)}
+
+
+def _read_float32(f: sf.SoundFile) -> np.ndarray:
+    dtype_scale = _INT_READS.get(f.subtype)
+    if dtype_scale is None:
+        return f.read(dtype="float32", always_2d=True)
+    dtype, scale = dtype_scale
+    data = f.read(dtype=dtype, always_2d=True)
+    out = data.astype(np.float32)
+    out *= np.float32(scale)
+    return out
 
 
 def _sf_info(f: sf.SoundFile) -> SourceInfo:

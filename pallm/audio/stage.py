@@ -6,6 +6,7 @@ Loudness is a cue (a shout, a whisper), so it is measured and recorded, never no
 from __future__ import annotations
 
 import io
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def audio_stage(config: AudioConfig) -> Stage:
         version=VERSION,
         reads=(SOURCE_KEY, "audio_path", "channel"),
         writes=WRITES,
-        process=lambda row: process_audio(row, config),
+        process=partial(process_audio, config=config),
         config=config,
     )
 
