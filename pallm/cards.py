@@ -131,26 +131,29 @@ def draw_plots(folder: Path, df: pd.DataFrame) -> dict[str, str]:
     """Emotion counts per corpus, and distributions of duration and level; returns caption -> path."""
     if df.empty:
         return {}
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The object API, not pyplot: no GUI backend, no global figure state, a second less to import.
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     plots: dict[str, str] = {}
     corpora = sorted(df["corpus"].unique())
-    fig, axes = plt.subplots(1, len(corpora), figsize=(4.5 * len(corpora), 3.6), squeeze=False)
+    fig = Figure(figsize=(4.5 * len(corpora), 3.6))
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.3, wspace=0.25)
+    axes = fig.subplots(1, len(corpora), squeeze=False)
+    colors = {"positive": "#4c9f70", "neutral": "#8a8f98", "negative": "#c8553d"}
     for ax, corpus in zip(axes[0], corpora, strict=True):
         counts = df[df["corpus"] == corpus].groupby(["emotion", "sentiment"], dropna=False).size()
-        colors = {"positive": "#4c9f70", "neutral": "#8a8f98", "negative": "#c8553d"}
         ax.bar(
             [e for e, _ in counts.index], counts.values,
             color=[colors.get(s, "#d9a441") for _, s in counts.index],
         )  # fmt: skip
         ax.set_title(f"{corpus}: utterances per emotion")
         ax.tick_params(axis="x", rotation=45)
-    fig.tight_layout()
+    fig.legend(handles=[Patch(color=c, label=s) for s, c in colors.items()], loc="lower center", ncols=3, fontsize=8, frameon=False)
     plots["Utterances per unified emotion (colour: sentiment)"] = _save(fig, folder / "emotions.png")
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig = Figure(figsize=(9, 3.4))
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.95, bottom=0.17, wspace=0.2)
+    a1, a2 = fig.subplots(1, 2)
     for corpus in corpora:
         part = df[df["corpus"] == corpus]
         a1.hist(part["duration_s"], bins=30, alpha=0.6, label=corpus)
@@ -158,9 +161,7 @@ def draw_plots(folder: Path, df: pd.DataFrame) -> dict[str, str]:
     a1.set_xlabel("duration (s)")
     a2.set_xlabel("RMS level (dBFS, as recorded)")
     a1.legend()
-    fig.tight_layout()
     plots["Duration and recorded level"] = _save(fig, folder / "durations_levels.png")
-    plt.close("all")
     return plots
 
 
