@@ -149,7 +149,13 @@ def draw_plots(folder: Path, df: pd.DataFrame) -> dict[str, str]:
         )  # fmt: skip
         ax.set_title(f"{corpus}: utterances per emotion")
         ax.tick_params(axis="x", rotation=45)
-    fig.legend(handles=[Patch(color=c, label=s) for s, c in colors.items()], loc="lower center", ncols=3, fontsize=8, frameon=False)
+    fig.legend(
+        handles=[Patch(color=c, label=s) for s, c in colors.items()],
+        loc="lower center",
+        ncols=3,
+        fontsize=8,
+        frameon=False,
+    )
     plots["Utterances per unified emotion (colour: sentiment)"] = _save(fig, folder / "emotions.png")
     fig = Figure(figsize=(9, 3.4))
     fig.subplots_adjust(left=0.07, right=0.98, top=0.95, bottom=0.17, wspace=0.2)

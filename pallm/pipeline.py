@@ -120,10 +120,13 @@ def build_stages(config: BuildConfig) -> list[Stage]:
 
 
 def code_version() -> str:
-    """The package version, plus the git commit when running from a checkout."""
+    """The package version, plus the git commit when running from a checkout of this project."""
+    checkout = Path(__file__).resolve().parents[1]
+    if not (checkout / ".git").exists():
+        return pallm.__version__
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=checkout,
             capture_output=True, text=True, timeout=5,
         ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError):

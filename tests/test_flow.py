@@ -116,3 +116,28 @@ def test_deployment_run_builds_a_dataset(prefect_server: dict[str, str], ravdess
             serve.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(serve.pid, signal.SIGKILL)
+
+
+def test_prefect_yaml_deploys_to_a_process_pool_and_a_worker_runs_it(
+    prefect_server: dict[str, str], ravdess16k: Path, tmp_path: Path
+) -> None:
+    prefect = str(Path(sys.executable).parent / "prefect")
+
+    def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([prefect, "--no-prompt", *args], cwd=ROOT, env=prefect_server, capture_output=True,
+                              text=True, timeout=timeout)  # fmt: skip
+
+    created = cli("work-pool", "create", "pallm-process", "--type", "process", "--overwrite")
+    assert created.returncode == 0, created.stdout + created.stderr
+    deployed = cli("deploy", "--all", timeout=180)
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    inspected = cli("deployment", "inspect", "build-dataset/demo")
+    assert inspected.returncode == 0 and "pallm-process" in inspected.stdout
+    out = tmp_path / "from-pool"
+    queued = cli("deployment", "run", "build-dataset/default", "--param", f'corpora=["ravdess={ravdess16k}"]',
+                 "--param", f"out={out}", "--param", "limit=6", "--param", "name=pool")  # fmt: skip
+    assert queued.returncode == 0, queued.stdout + queued.stderr
+    worker = cli("worker", "start", "--pool", "pallm-process", "--run-once", timeout=300)
+    assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rows"] == 6 and manifest["name"] == "pool"
