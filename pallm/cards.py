@@ -57,7 +57,7 @@ def render_card(
         splits=[(s, sorted(splits[s])) for s in (*SPLIT_ORDER, *sorted(set(splits) - set(SPLIT_ORDER))) if s in splits],
         adapters=adapters,
         synthetic=any(a.synthetic for a in adapters),
-        licenses=sorted({a.license for a in adapters}),
+        license_ids=sorted({a.license_id for a in adapters}),
         rows=len(df),
         hours=df["duration_s"].sum() / 3600 if len(df) else 0.0,
         by_corpus=_counts(df, ["corpus"]),

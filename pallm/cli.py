@@ -30,8 +30,12 @@ def build_dataset(
         ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default: datasets/<name>)")] = None,
-    asr: Annotated[str | None, typer.Option(help="speech recognition: none")] = None,
-    teacher: Annotated[str | None, typer.Option(help="teacher LLM: none")] = None,
+    asr: Annotated[
+        str | None, typer.Option(help="speech recognition: none (the only value until the speech stage)")
+    ] = None,
+    teacher: Annotated[
+        str | None, typer.Option(help="teacher LLM: none (the only value until the teacher stage)")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="at most N utterances per corpus")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML or JSON config file; flags override it")] = None,
     name: Annotated[str | None, typer.Option(help="dataset name")] = None,
@@ -41,6 +45,8 @@ def build_dataset(
     ),
 ) -> None:
     """Build Parquet shards and a data card from speech corpora, through the build-dataset flow."""
+    from pydantic import ValidationError
+
     from pallm.config import BuildConfig, CorpusSpec
     from pallm.corpora import CorpusError
     from pallm.pipeline import resolve_corpus
@@ -52,6 +58,8 @@ def build_dataset(
         )  # fmt: skip
         for spec in cfg.corpora:  # fail before Prefect starts
             resolve_corpus(spec)
+    except ValidationError as e:
+        _fail("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()))
     except (CorpusError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     from flows.build_dataset import build_dataset as flow
@@ -117,6 +125,8 @@ def main() -> None:
     """Entry point of the `pallm` console script."""
     # Offline first: no usage reports from an embedded Prefect server unless the user opts in.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # A first run without a server creates the embedded database, which can outlast Prefect's 20 s default.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     app()
 
 

@@ -139,10 +139,9 @@ def resolve_corpus(spec: CorpusSpec) -> tuple[Any, Path]:
     adapter = get_adapter(spec.name)
     path = spec.path
     if path is None:
-        default = getattr(__import__(adapter.scan.__module__, fromlist=["default_dir"]), "default_dir", None)
-        if default is None:
+        if adapter.default_path is None:
             raise CorpusError(f"corpus {spec.name!r} needs a path: --corpus {spec.name}=/path/to/{spec.name}")
-        path = default()
+        path = adapter.default_path()
     elif adapter.synthetic:
         pass  # the synthetic corpus is created where it is asked for
     elif adapter.path_is_file and not path.is_file():

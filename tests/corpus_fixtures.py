@@ -329,3 +329,19 @@ def make_expresso_tree(root: Path, *, with_splits: bool = True) -> dict[str, Any
             "audio_path": "audio_48khz/conversational/ex01-ex02/singing/ex01-ex02_singing_001.wav",
         },
     }
+
+
+def assert_quarantined_as_expected(bad: list[Any], tree: dict[str, Any]) -> None:
+    """Every quarantine record a fixture tree expects is there, with its path and reason words, and no other."""
+    by_id = {q.id: q for q in bad if q.id is not None}
+    by_path = {q.path: q for q in bad if q.id is None}
+    assert sorted(by_id) == sorted(tree["quarantined_ids"])
+    assert sorted(by_path) == sorted(tree["quarantined_paths"])
+    assert len(bad) == len(by_id) + len(by_path)
+    for qid, (path, words) in tree["quarantined_ids"].items():
+        assert by_id[qid].path == path
+        for w in words:
+            assert w in by_id[qid].reason, (qid, w, by_id[qid].reason)
+    for path, words in tree["quarantined_paths"].items():
+        for w in words:
+            assert w in by_path[path].reason, (path, w, by_path[path].reason)

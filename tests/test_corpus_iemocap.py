@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import soundfile as sf
-from corpus_fixtures import make_iemocap_tree
+from corpus_fixtures import assert_quarantined_as_expected, make_iemocap_tree
 
 from pallm.corpora import get_adapter, iemocap
 from pallm.corpora.base import SOURCE_KEY, CorpusError, Quarantined
@@ -91,18 +91,7 @@ def test_transcripts_skip_non_utterance_lines(tree: dict[str, Any]) -> None:
 
 def test_every_malformed_input_is_quarantined_with_an_actionable_reason(tree: dict[str, Any]) -> None:
     _, bad = _scan(tree["root"])
-    by_id = {q.id: q for q in bad if q.id is not None}
-    by_path = {q.path: q for q in bad if q.id is None}
-    assert sorted(by_id) == sorted(tree["quarantined_ids"])
-    assert sorted(by_path) == sorted(tree["quarantined_paths"])
-    assert len(bad) == len(by_id) + len(by_path)
-    for qid, (path, words) in tree["quarantined_ids"].items():
-        assert by_id[qid].path == path
-        for w in words:
-            assert w in by_id[qid].reason, (qid, w, by_id[qid].reason)
-    for path, words in tree["quarantined_paths"].items():
-        for w in words:
-            assert w in by_path[path].reason, (path, w, by_path[path].reason)
+    assert_quarantined_as_expected(bad, tree)
     assert all(q.corpus == "iemocap" and q.stage == "ingest" for q in bad)
 
 

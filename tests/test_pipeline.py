@@ -76,7 +76,7 @@ def test_manifest_checksums_and_card(tree: tuple[Path, dict], tmp_path: Path) ->
     listed = {p for split in header["configs"][0]["data_files"] for p in split["path"]}
     assert listed == {s["path"] for s in manifest["shards"]}
     assert {d["split"] for d in header["configs"][0]["data_files"]} == {"train", "validation", "test"}
-    assert header["license"] == "CC BY-NC-SA 4.0" and "audio-classification" in header["task_categories"]
+    assert header["license"] == "cc-by-nc-sa-4.0" and "audio-classification" in header["task_categories"]
     # numbers in the card come from the data
     assert re.search(rf"\| ravdess \| {len(expect['good'])} \|", card)
     assert "| ravdess | disgust | disgusted | negative |" in card

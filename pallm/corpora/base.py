@@ -75,9 +75,13 @@ class CorpusAdapter:
     homepage: str
     citation: str
     description: str
+    #: the licence as a Hugging Face card identifier (`cc-by-nc-sa-4.0`, `other`, ...)
+    license_id: str = "other"
     synthetic: bool = False
     #: whether the path names a file (a manifest) rather than a folder
     path_is_file: bool = False
+    #: where the corpus lives when no path is given (only corpora the project makes itself)
+    default_path: Callable[[], Path] | None = None
 
 
 def utterance(

@@ -333,6 +333,7 @@ def _row(
 
 
 ADAPTER = CorpusAdapter(
+    license_id="cc-by-nc-4.0",
     name=CORPUS,
     scan=scan,
     options=ExpressoOptions,

@@ -267,6 +267,7 @@ def _problem_with(corpus_dir: Path, session: _Session, utt: str) -> Quarantined 
 
 
 ADAPTER = CorpusAdapter(
+    license_id="other",
     name=CORPUS,
     scan=scan,
     options=IemocapOptions,

@@ -245,6 +245,7 @@ def _row(
 
 
 ADAPTER = CorpusAdapter(
+    license_id="other",
     name=CORPUS,
     scan=scan,
     options=ManifestOptions,

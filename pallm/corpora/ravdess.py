@@ -90,6 +90,7 @@ def scan(corpus_dir: Path, options: RavdessOptions) -> Iterator[dict[str, Any] |
 
 
 ADAPTER = CorpusAdapter(
+    license_id="cc-by-nc-sa-4.0",
     name="ravdess",
     scan=scan,
     options=RavdessOptions,
