@@ -51,12 +51,12 @@ def job_core(corpus_spec: str, out: Path, workers: int) -> dict:
     cfg = BuildConfig(corpora=[CorpusSpec.parse(corpus_spec)], out=out, workers=workers)
     t0 = time.perf_counter()
     plan = pipeline.plan(cfg)
+    pipeline.prepare_output(out)
     t1 = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(lambda c: pipeline.run_chunk(c, plan.stages, out, cfg), plan.chunks))
     t2 = time.perf_counter()
-    if not pipeline.is_finalized(plan, out):
-        pipeline.finalize(plan, results, out)
+    pipeline.finalize(plan, results, out)
     t3 = time.perf_counter()
     return {
         "seconds": t2 - t0,

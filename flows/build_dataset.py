@@ -78,6 +78,7 @@ def build_dataset(
     log = get_run_logger()
     cfg = make_config(corpora, out, asr, teacher, limit, config, name, workers, cards_index)
     plan = pipeline.plan(cfg)
+    pipeline.prepare_output(cfg.out)
     log.info(
         "planned %d utterances in %d chunks (%d quarantined at ingest) -> %s",
         plan.total_rows, len(plan.chunks), len(plan.quarantined), cfg.out,
@@ -95,10 +96,8 @@ def build_dataset(
     log.info("%d chunks done (%d reused from cache)", len(results), cached)
     if pipeline.is_finalized(plan, cfg.out):
         log.info("nothing changed since the last build of %s", cfg.out)
-        manifest = pipeline.read_manifest(cfg.out)
-    else:
-        manifest = pipeline.finalize(plan, results, cfg.out, run_id=str(flow_run.get_id() or ""))["manifest"]
-        publish(cfg.out, manifest)
+    manifest = pipeline.finalize(plan, results, cfg.out, run_id=str(flow_run.get_id() or ""))["manifest"]
+    publish(cfg.out, manifest)
     return {
         "out": str(cfg.out.resolve()),
         "version": manifest["version"],

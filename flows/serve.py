@@ -18,12 +18,13 @@ def main() -> None:
         build_dataset.to_deployment(
             name="demo",
             description="The built-in synthetic corpus (espeak-ng), into datasets/demo.",
-            parameters={"name": "demo", "out": "datasets/demo"},
+            parameters={"name": "demo", "out": "datasets/demo", "cards_index": "data_cards"},
             tags=["pallm", "demo"],
         ),
         build_dataset.to_deployment(
             name="default",
             description="Any corpora: --param corpora='[\"ravdess=/data/RAVDESS\"]' --param out=DIR",
+            parameters={"cards_index": "data_cards"},
             tags=["pallm"],
         ),
     )

@@ -6,7 +6,9 @@ by hand. Plots go to `card/` beside it.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,6 +68,7 @@ def render_card(
         by_sentiment=_pivot(df, "sentiment"),
         by_gender=_counts(df, ["corpus", "gender"]),
         by_speaker=_counts(df, ["corpus", "speaker_id", "gender"]),
+        speaker_overlap=_speaker_overlap(df),
         label_map=[m for m in LABEL_MAP if m.corpus in corpora or m.corpus == "*"],
         label_map_version=LABEL_MAP_VERSION,
         quarantine_summary=_quarantine_summary(q),
@@ -93,14 +96,44 @@ def _pivot(df: pd.DataFrame, label: str) -> pd.DataFrame:
     )
     t = t[[c for c in (*SPLIT_ORDER, *sorted(set(t.columns) - set(SPLIT_ORDER))) if c in t.columns]]
     t["total"] = t.sum(axis=1)
+    hours = df.assign(**{label: df[label].fillna("(none)")}).groupby(["corpus", label])["duration_s"].sum() / 3600
+    t["hours"] = hours.reindex(t.index).round(3)
     return t.reset_index()
+
+
+def _speaker_overlap(df: pd.DataFrame) -> dict[str, int]:
+    """Per corpus, how many speakers appear in more than one split (0 means speaker-independent)."""
+    if df.empty:
+        return {}
+    n = df.groupby(["corpus", "speaker_id"])["split"].nunique()
+    return {c: int((n.loc[c] > 1).sum()) for c in sorted(df["corpus"].unique())}
 
 
 def _quarantine_summary(q: pd.DataFrame) -> pd.DataFrame:
     if q.empty:
         return pd.DataFrame(columns=["corpus", "stage", "reason", "items"])
-    kind = q["reason"].str.replace(r"[:(].*$", "", regex=True).str.strip()
-    return q.assign(reason=kind).groupby(["corpus", "stage", "reason"]).size().rename("items").reset_index()
+    return (
+        q.assign(reason=q["reason"].map(reason_kind))
+        .groupby(["corpus", "stage", "reason"])
+        .size()
+        .rename("items")
+        .reset_index()
+    )
+
+
+_SPECIFICS = (
+    (re.compile(r"^\S+ line \d+:\s*"), ""),  # "<file> line 12: " prefixes
+    (re.compile(r"'[^']*'|\"[^\"]*\""), "…"),  # quoted names and ids
+    (re.compile(r"\S+\.(wav|flac|mp3|txt|csv|jsonl)\b", re.I), "…"),  # file names
+    (re.compile(r"-?\d+(\.\d+)?"), "N"),  # numbers
+)
+
+
+def reason_kind(reason: str) -> str:
+    """A quarantine reason without its specifics (file, line, ids, numbers), for counting alike items."""
+    for pattern, repl in _SPECIFICS:
+        reason = pattern.sub(repl, reason)
+    return reason.strip()[:100]
 
 
 def _md_table(df: pd.DataFrame) -> str:
@@ -180,6 +213,13 @@ def _save(fig: Any, path: Path) -> str:
 def register(index_dir: Path, out: Path, manifest: dict[str, Any], card: str) -> None:
     """Keep a copy of the card in `index_dir` and list the build in its `index.md`."""
     index_dir.mkdir(parents=True, exist_ok=True)
+    # Builds may finish at the same time (a served deployment runs flow runs concurrently).
+    with open(index_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _register_locked(index_dir, out, manifest, card)
+
+
+def _register_locked(index_dir: Path, out: Path, manifest: dict[str, Any], card: str) -> None:
     version = manifest["version"]
     write_bytes_atomic(index_dir / f"{manifest['name']}-{version}.md", card.encode())
     index_path = index_dir / "index.json"

@@ -40,16 +40,16 @@ def build_dataset(
     config: Annotated[Path | None, typer.Option(help="YAML or JSON config file; flags override it")] = None,
     name: Annotated[str | None, typer.Option(help="dataset name")] = None,
     workers: Annotated[int | None, typer.Option(help="chunks processed at once (default: CPU count)")] = None,
-    cards_index: Annotated[Path, typer.Option(help="folder keeping a copy of every card and an index")] = Path(
-        "data_cards"
-    ),
+    cards_index: Annotated[
+        Path | None, typer.Option(help="folder keeping a copy of every card and an index (default: data_cards)")
+    ] = None,
 ) -> None:
     """Build Parquet shards and a data card from speech corpora, through the build-dataset flow."""
     from pydantic import ValidationError
 
     from pallm.config import BuildConfig, CorpusSpec
     from pallm.corpora import CorpusError
-    from pallm.pipeline import resolve_corpus
+    from pallm.pipeline import check_output, resolve_corpus
 
     try:
         cfg = BuildConfig.load(
@@ -58,17 +58,18 @@ def build_dataset(
         )  # fmt: skip
         for spec in cfg.corpora:  # fail before Prefect starts
             resolve_corpus(spec)
+        check_output(cfg.out)
     except ValidationError as e:
         _fail("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()))
     except (CorpusError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     from flows.build_dataset import build_dataset as flow
 
+    # The flow gets what the user said (flags and the config file), so it merges them exactly as here.
     summary = flow(
-        corpora=[f"{c.name}={c.path}" if c.path else c.name for c in cfg.corpora],
-        out=str(cfg.out),
-        asr=cfg.asr, teacher=cfg.teacher, limit=cfg.limit, config=str(config) if config else None,
-        name=cfg.name, workers=cfg.workers, cards_index=str(cards_index),
+        corpora=corpus, out=str(cfg.out), asr=asr, teacher=teacher, limit=limit,
+        config=str(config.resolve()) if config else None, name=name, workers=workers,
+        cards_index=str(cards_index or cfg.cards_index or "data_cards"),
     )  # fmt: skip
     typer.echo(json.dumps(summary, indent=2))
 

@@ -89,7 +89,7 @@ class BuildConfig(_Strict):
         return cls.model_validate(data)
 
     def fingerprint(self) -> str:
-        """Hash of the settings that change the output (paths, worker count and limits of where excluded)."""
+        """Hash of the settings that change the output; where things live and how many workers run are left out."""
         keep = self.model_dump(mode="json", exclude={"out", "workers", "cards_index"})
         for c in keep["corpora"]:
             c.pop("path", None)

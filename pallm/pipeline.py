@@ -6,7 +6,7 @@ step is testable on its own. The dataset folder is laid out as
     OUT/README.md                 data card (Hugging Face dataset card format)
     OUT/manifest.json             shards with checksums and row counts, config, code version
     OUT/quarantine.parquet        every item set aside, with the stage and the reason
-    OUT/data/<split>-<corpus>-<chunk>-<key>.parquet
+    OUT/data/<split>-<corpus>-<chunk key>[-pN].parquet
     OUT/card/*.png                plots used by the card
     OUT/.pallm/chunks/*.json      one record per finished chunk: the cache
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -58,7 +59,6 @@ class Chunk:
 
     corpus: str
     split: str
-    index: int
     key: str
     rows: list[Row]
 
@@ -77,6 +77,7 @@ class Plan:
     quarantined: list[Quarantined]
     stages: list[Stage]
     corpus_roots: dict[str, str]
+    version: str
     build_key: str
 
     @property
@@ -173,15 +174,17 @@ def plan(config: BuildConfig, stages: Sequence[Stage] | None = None, *, hash_wor
     rows = [r for r in rows if "source_sha256" in r]
     chunks = _cut_chunks(rows, config, stages)
     quarantined.sort(key=lambda q: (q.corpus, q.path, q.id or ""))
-    build_key = _hash(
+    # The version names the data (what went in and how it was processed); the build key adds the
+    # code version, so new code re-renders the card without calling the same data a new version.
+    version = _hash(
         {
             "config": config.fingerprint(),
             "chunks": [c.key for c in chunks],
             "quarantined": [q.as_dict() for q in quarantined],
-            "code": code_version(),
         }
-    )
-    return Plan(config, chunks, quarantined, stages, roots, build_key)
+    )[:12]
+    build_key = _hash({"version": version, "code": code_version()})
+    return Plan(config, chunks, quarantined, stages, roots, version, build_key)
 
 
 def _dedupe(rows: list[Row], quarantined: list[Quarantined]) -> list[Row]:
@@ -230,9 +233,9 @@ def _cut_chunks(rows: list[Row], config: BuildConfig, stages: Sequence[Stage]) -
     chunks = []
     for (corpus, split), group in sorted(groups.items()):
         group.sort(key=lambda r: r["id"])
-        for index, part in enumerate(_content_defined(group, config.shards.chunk_rows)):
+        for part in _content_defined(group, config.shards.chunk_rows):
             content = [{k: v for k, v in r.items() if k != SOURCE_KEY} for r in part]
-            chunks.append(Chunk(corpus, split, index, _hash({"f": fingerprint, "rows": content}), part))
+            chunks.append(Chunk(corpus, split, _hash({"f": fingerprint, "rows": content}), part))
     return chunks
 
 
@@ -290,6 +293,7 @@ def run_chunk(chunk: Chunk, stages: Sequence[Stage], out: Path, config: BuildCon
             done, bad = run_stages([row], stages)
             quarantined.extend(bad)
             for r in done:
+                r["schema_version"] = SCHEMA_VERSION
                 validate_row(r, COLUMN_NAMES)
                 yield r
 
@@ -330,6 +334,27 @@ def write_quarantine(out: Path, items: Sequence[Quarantined]) -> None:
         pq.write_table(table, tmp)
 
 
+_SHARD_NAME = re.compile(r"^[\w.-]+-[0-9a-f]{16}(-p\d+)?\.parquet$")
+
+
+def check_output(out: Path) -> None:
+    """Refuse an output that is a file, or a non-empty folder that holds no pallm dataset.
+
+    A build deletes stale shards and rewrites README.md in its folder, so it must never adopt a
+    folder of the user's by mistake.
+    """
+    if out.exists() and not out.is_dir():
+        raise CorpusError(f"output {out} is a file; --out must name a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / STATE_DIR).is_dir():
+        raise CorpusError(f"output folder {out} is not empty and holds no pallm dataset: choose another --out")
+
+
+def prepare_output(out: Path) -> None:
+    """Claim `out` for a dataset (see `check_output`)."""
+    check_output(out)
+    (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+
+
 def remove_stale(out: Path, results: Sequence[ChunkResult]) -> list[str]:
     """Delete shards, chunk records and temporary files that the current build does not own."""
     keep_shards = {s.path for r in results for s in r.shards}
@@ -337,7 +362,8 @@ def remove_stale(out: Path, results: Sequence[ChunkResult]) -> list[str]:
     removed = []
     for p in sorted((out / DATA_DIR).glob("*")):
         rel = f"{DATA_DIR}/{p.name}"
-        if p.is_file() and (p.name.startswith(TMP_PREFIX) or rel not in keep_shards):
+        ours = p.name.startswith(TMP_PREFIX) or _SHARD_NAME.match(p.name)
+        if p.is_file() and ours and rel not in keep_shards:
             p.unlink()
             removed.append(rel)
     chunks_dir = out / STATE_DIR / "chunks"
@@ -362,32 +388,41 @@ def finalize(
     *,
     run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Write the quarantine table, the data card and the manifest (last: it marks the build done)."""
+    """Write the quarantine table, the card and the manifest, then remove what the build no longer owns.
+
+    The manifest is written after everything it describes; stale shards go only once it is in
+    place, so a reader never finds a manifest naming deleted files. When the folder already holds
+    this build (a rerun), only the idempotent steps run again: cleanup and the card index.
+    """
     from pallm import cards
 
     results = sorted(results, key=lambda r: r.stem)
+    if is_finalized(plan, out):
+        manifest = read_manifest(out)
+        card = (out / "README.md").read_text(encoding="utf-8")
+    else:
+        quarantined = [*plan.quarantined, *(q for r in results for q in r.quarantined)]
+        write_quarantine(out, quarantined)
+        manifest = {
+            "name": plan.config.name,
+            "version": plan.version,
+            "build_key": plan.build_key,
+            "schema_version": SCHEMA_VERSION,
+            "label_map_version": LABEL_MAP_VERSION,
+            "code_version": code_version(),
+            "config": plan.config.model_dump(mode="json"),
+            "config_hash": plan.config.fingerprint(),
+            "stages": {s.name: {"version": s.version, "fingerprint": s.fingerprint()} for s in plan.stages},
+            "corpus_roots": plan.corpus_roots,
+            "run_id": run_id,
+            "rows": sum(r.rows for r in results),
+            "quarantined": len(quarantined),
+            "shards": [asdict(s) | {"split": r.split, "corpus": r.corpus} for r in results for s in r.shards],
+        }
+        card = cards.render_card(out, manifest, results, quarantined)
+        write_bytes_atomic(out / "README.md", card.encode())
+        write_json_atomic(out / "manifest.json", manifest)
     removed = remove_stale(out, results)
-    quarantined = [*plan.quarantined, *(q for r in results for q in r.quarantined)]
-    write_quarantine(out, quarantined)
-    manifest = {
-        "name": plan.config.name,
-        "build_key": plan.build_key,
-        "version": plan.build_key[:12],
-        "schema_version": SCHEMA_VERSION,
-        "label_map_version": LABEL_MAP_VERSION,
-        "code_version": code_version(),
-        "config": plan.config.model_dump(mode="json"),
-        "config_hash": plan.config.fingerprint(),
-        "stages": {s.name: {"version": s.version, "fingerprint": s.fingerprint()} for s in plan.stages},
-        "corpus_roots": plan.corpus_roots,
-        "run_id": run_id,
-        "rows": sum(r.rows for r in results),
-        "quarantined": len(quarantined),
-        "shards": [asdict(s) | {"split": r.split, "corpus": r.corpus} for r in results for s in r.shards],
-    }
-    card = cards.render_card(out, manifest, results, quarantined)
-    write_bytes_atomic(out / "README.md", card.encode())
-    write_json_atomic(out / "manifest.json", manifest)
     if plan.config.cards_index is not None:
         cards.register(plan.config.cards_index, out, manifest, card)
     return {"manifest": manifest, "removed": removed, "card": card}
@@ -395,5 +430,5 @@ def finalize(
 
 __all__ = [
     "Chunk", "ChunkResult", "CorpusError", "ItemError", "Plan", "build_stages", "cached_result",
-    "finalize", "is_finalized", "plan", "run_chunk",
+    "check_output", "finalize", "is_finalized", "plan", "prepare_output", "run_chunk",
 ]  # fmt: skip

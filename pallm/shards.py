@@ -1,7 +1,7 @@
 """Parquet shards written atomically, and the files that describe them.
 
 Nothing is ever visible under its final name half-written: every file is written to a temporary
-name in the same folder, flushed, fsynced and renamed into place.
+name in the same folder and renamed into place.
 """
 
 from __future__ import annotations
@@ -38,9 +38,21 @@ def atomic_path(final: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; outputs are ordinary files
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    # Read, not set-and-restore: os.umask() would briefly change it for every thread of the process.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -36,14 +36,21 @@ class Stage:
     writes: tuple[str, ...]
     process: Callable[[Row], Row]
     config: BaseModel | None = field(default=None)
+    #: facts about the machine that change the output (library versions, tools present)
+    environment: dict[str, str] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
         cfg = self.config.model_dump(mode="json") if self.config is not None else None
-        blob = json.dumps({"name": self.name, "version": self.version, "config": cfg}, sort_keys=True)
+        blob = json.dumps(
+            {"name": self.name, "version": self.version, "config": cfg, "environment": self.environment},
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def check_pipeline(stages: Sequence[Stage], available: Sequence[str] = (*PLANNED_COLUMNS, SOURCE_KEY)) -> None:
+def check_pipeline(
+    stages: Sequence[Stage], available: Sequence[str] = (*PLANNED_COLUMNS, SOURCE_KEY, "schema_version")
+) -> None:
     """Raise ValueError if a stage reads a column nobody wrote, or writes an unknown column."""
     have = set(available)
     for s in stages:
@@ -68,6 +75,8 @@ def run_stages(rows: Sequence[Row], stages: Sequence[Stage]) -> tuple[list[Row],
             except ItemError as e:
                 bad.append(Quarantined(current["id"], current["corpus"], current["audio_path"], s.name, str(e)))
                 break
+            if out.keys() != set(s.writes):
+                raise ValueError(f"stage {s.name!r} wrote {sorted(out)}, but declares {sorted(s.writes)}")
             current.update(out)
         else:
             done.append(current)

@@ -43,28 +43,43 @@ def test_sigkill_at_random_points_then_rerun(prefect_server: dict[str, str], rav
     assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
     duration = time.monotonic() - t
 
-    out = tmp_path / "crashed"
+    total = len(list((reference / ".pallm" / "chunks").iterdir()))
     rng = random.Random(1234)
-    kills = 0
-    for _ in range(4):
+    # Each scenario: a fresh folder, one SIGKILL at a point of the build, then a rerun that must finish.
+    scenarios = {"random": None, "first chunk": 1, "half the chunks": max(1, total // 2), "all chunks": total}
+    mid_build = 0
+    for name, wait_for in scenarios.items():
+        out = tmp_path / name.replace(" ", "-")
+        records = out / ".pallm" / "chunks"
         proc = start_build(root, out, config, prefect_server)
-        time.sleep(rng.uniform(0.3, duration))
-        if proc.poll() is None:
+        if wait_for is None:
+            time.sleep(rng.uniform(0.3, duration))
+        else:
+            deadline = time.monotonic() + 2 * duration
+            while proc.poll() is None and time.monotonic() < deadline:
+                if records.is_dir() and len(list(records.glob("*.json"))) >= wait_for:
+                    break
+                time.sleep(0.005)
+        done = len(list(records.glob("*.json"))) if records.is_dir() else 0
+        killed = proc.poll() is None
+        if killed:
             os.killpg(proc.pid, signal.SIGKILL)
-            kills += 1
         proc.wait(timeout=60)
-    assert kills >= 2, "the build finished before most kills: the test did not exercise a crash"
+        mid_build += killed and 0 < done < total
+        rerun = start_build(root, out, config, prefect_server)
+        assert rerun.wait(timeout=300) == 0, (name, rerun.stderr.read()[-3000:])
+        check_same(out, reference, expect["good"])
+    assert mid_build >= 1, "no kill landed while chunks were being written"
 
-    proc = start_build(root, out, config, prefect_server)
-    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
 
+def check_same(out: Path, reference: Path, good: set[str]) -> None:
     # Identical to the uninterrupted build, shard for shard.
     assert snapshot(out) == snapshot(reference)
     ids: list[str] = []
     for path, digest in snapshot(out).items():
         assert sha256_file(out / path) == digest
         ids.extend(pq.read_table(out / path, columns=["id"]).column("id").to_pylist())
-    assert len(ids) == len(set(ids)) and set(ids) == expect["good"]
+    assert len(ids) == len(set(ids)) and set(ids) == good
     # Nothing half-written or stale is left behind.
     listed = {Path(p).name for p in snapshot(out)}
     assert {p.name for p in (out / "data").iterdir()} == listed

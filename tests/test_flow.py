@@ -70,7 +70,7 @@ def test_cli_builds_the_real_ravdess_clips(prefect_server: dict[str, str], ravde
         (["--corpus", "ravdess=/nonexistent/RAVDESS"], "ravdess corpus folder /nonexistent/RAVDESS does not exist"),
         (["--corpus", "ravdes=/tmp"], "unknown corpus 'ravdes'"),
         (["--corpus", "manifest=/nonexistent.csv"], "does not exist"),
-        (["--asr", "whisper"], "asr"),
+        (["--asr", "whisper"], "asr: Input should be 'none'"),
     ],
 )
 def test_cli_stops_at_once_on_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
@@ -102,7 +102,8 @@ def test_deployment_run_builds_a_dataset(prefect_server: dict[str, str], ravdess
         out = tmp_path / "deployed"
         run = subprocess.run(
             [prefect, "deployment", "run", "build-dataset/default", "--param", f'corpora=["ravdess={ravdess16k}"]',
-             "--param", f"out={out}", "--param", "limit=24", "--param", "name=deployed", "--watch",
+             "--param", f"out={out}", "--param", "limit=24", "--param", "name=deployed",
+             "--param", f"cards_index={tmp_path / 'cards'}", "--watch",
              "--watch-timeout", "300"],
             env=prefect_server, capture_output=True, text=True, timeout=360,
         )  # fmt: skip
@@ -135,9 +136,30 @@ def test_prefect_yaml_deploys_to_a_process_pool_and_a_worker_runs_it(
     assert inspected.returncode == 0 and "pallm-process" in inspected.stdout
     out = tmp_path / "from-pool"
     queued = cli("deployment", "run", "build-dataset/default", "--param", f'corpora=["ravdess={ravdess16k}"]',
-                 "--param", f"out={out}", "--param", "limit=6", "--param", "name=pool")  # fmt: skip
+                 "--param", f"out={out}", "--param", "limit=6", "--param", "name=pool",
+                 "--param", f"cards_index={tmp_path / 'cards'}")  # fmt: skip
     assert queued.returncode == 0, queued.stdout + queued.stderr
     worker = cli("worker", "start", "--pool", "pallm-process", "--run-once", timeout=300)
     assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["rows"] == 6 and manifest["name"] == "pool"
+
+
+def test_cli_config_file_options_reach_the_build(
+    prefect_server: dict[str, str], ravdess16k: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "ravdess"
+    make_tree(ravdess16k, root, real_per_actor=1)
+    out, cards = tmp_path / "out", tmp_path / "my-cards"
+    config = tmp_path / "build.yaml"
+    config.write_text(
+        f"name: fromfile\nout: {out}\ncards_index: {cards}\n"
+        f"corpora:\n  - {{name: ravdess, path: {root}, options: {{test_folds: [3], validation_folds: []}}}}\n"
+    )
+    proc = run_cli(["build-dataset", "--config", str(config)], prefect_server)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = shard_rows(out, ["speaker_id", "split"])
+    test_speakers = {r["speaker_id"] for r in rows if r["split"] == "test"}
+    assert test_speakers == {"ravdess/actor09", "ravdess/actor10"}  # fold 3, from the file's options
+    assert {r["split"] for r in rows} == {"train", "test"}
+    assert json.loads((cards / "index.json").read_text())[0]["name"] == "fromfile"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import stat
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -15,7 +18,7 @@ from pallm import pipeline
 from pallm.config import BuildConfig, CorpusSpec, ShardConfig
 from pallm.corpora import CorpusError
 from pallm.schema import COLUMN_NAMES
-from pallm.shards import sha256_file
+from pallm.shards import TMP_PREFIX, sha256_file
 
 
 @pytest.fixture()
@@ -170,3 +173,73 @@ def test_datasets_load_dataset_decodes_the_audio(tree: tuple[Path, dict], tmp_pa
             n = samples.data.shape[-1] if samples is not None else len(audio["array"])
             assert rate == 16_000 and n == pytest.approx(item["duration_s"] * 16_000, abs=2)
             assert item["emotion"] and item["sentiment"] in {"positive", "neutral", "negative"}
+
+
+def test_outputs_are_ordinary_files_readable_by_others(tree: tuple[Path, dict], tmp_path: Path) -> None:
+    root, _ = tree
+    out = tmp_path / "out"
+    build(config(root, out))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for p in [out / "manifest.json", out / "README.md", out / "quarantine.parquet", *(out / "data").iterdir()]:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask, p
+
+
+def test_a_foreign_output_folder_is_refused_and_user_files_survive(tree: tuple[Path, dict], tmp_path: Path) -> None:
+    root, _ = tree
+    foreign = tmp_path / "my-documents"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    with pytest.raises(CorpusError, match="not empty and holds no pallm dataset"):
+        build(config(root, foreign))
+    assert [p.name for p in foreign.iterdir()] == ["thesis.tex"]
+    out = tmp_path / "out"
+    build(config(root, out))
+    (out / "data" / "notes.txt").write_text("mine")
+    (out / "data" / "extra.parquet").write_bytes(b"mine too")
+    cfg = config(root, out)
+    cfg.audio.silence_dbfs = -65.0  # a different build into the same folder
+    build(cfg)
+    assert (out / "data" / "notes.txt").read_text() == "mine" and (out / "data" / "extra.parquet").exists()
+
+
+def test_rerun_after_a_kill_past_the_manifest_still_registers_the_card(tree: tuple[Path, dict], tmp_path: Path) -> None:
+    root, _ = tree
+    out, cards = tmp_path / "out", tmp_path / "cards"
+    build(config(root, out, cards_index=cards))
+    shutil.rmtree(cards)  # as if the build died right after writing its manifest
+    (out / "data" / f"{TMP_PREFIX}half.parquet").write_bytes(b"half")
+    build(config(root, out, cards_index=cards))
+    version = pipeline.read_manifest(out)["version"]
+    assert [e["version"] for e in json.loads((cards / "index.json").read_text())] == [version]
+    assert not list((out / "data").glob(f"{TMP_PREFIX}*"))
+
+
+def test_version_names_the_data_not_the_code(
+    tree: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, _ = tree
+    first = pipeline.plan(config(root, tmp_path / "out"))
+    monkeypatch.setattr(pipeline, "code_version", lambda: "9.9.9")
+    second = pipeline.plan(config(root, tmp_path / "out"))
+    assert first.version == second.version and first.build_key != second.build_key
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (
+            "dialog/EmoEvaluation/x.txt line 3: malformed summary line",
+            "dialog/EmoEvaluation/y.txt line 17: malformed summary line",
+        ),
+        ("too long: 1200.0 s > max_duration_s 600 s", "too long: 701.5 s > max_duration_s 600 s"),
+        (
+            "emotion code 09 out of range in '03-01-09-01-01-01-10'",
+            "emotion code 11 out of range in '03-01-11-01-01-01-02'",
+        ),
+    ],
+)
+def test_quarantine_reasons_group_by_kind(a: str, b: str) -> None:
+    from pallm.cards import reason_kind
+
+    assert reason_kind(a) == reason_kind(b) and reason_kind(a) != reason_kind("empty file (0 bytes)")

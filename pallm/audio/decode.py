@@ -54,7 +54,17 @@ def decode(path: Path, max_duration_s: float = float("inf")) -> tuple[SourceInfo
     except (sf.LibsndfileError, RuntimeError) as e:
         info = _ffprobe(path, f"libsndfile: {e}")
     _check_length(info, max_duration_s)
-    return info, _ffmpeg_read(path, info)
+    return info, _ffmpeg_read(path, info, max_duration_s)
+
+
+def environment() -> dict[str, str]:
+    """The decoders this machine has: part of the audio stage's fingerprint, so installing ffmpeg
+    (or a new libsndfile) re-runs chunks whose items it may now decode."""
+    return {
+        "libsndfile": sf.__libsndfile_version__,
+        "soxr": soxr.__version__,
+        "ffmpeg": "yes" if shutil.which("ffmpeg") and shutil.which("ffprobe") else "no",
+    }
 
 
 def _check_length(info: SourceInfo, max_duration_s: float) -> None:
@@ -89,26 +99,37 @@ def _ffprobe(path: Path, sf_error: str) -> SourceInfo:
         raise DecodeError(f"{sf_error}; ffmpeg is not installed (apt-get install ffmpeg) to try further")
     cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
            "stream=sample_rate,channels,codec_name,duration", "-of", "json", str(path)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    streams = json.loads(proc.stdout or "{}").get("streams") if proc.returncode == 0 else None
-    if not streams:
-        why = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no audio stream"
-        raise DecodeError(f"not a readable audio file ({sf_error}; ffmpeg: {why})")
-    s = streams[0]
-    rate, channels = int(s.get("sample_rate", 0)), int(s.get("channels", 0))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        streams = json.loads(proc.stdout or "{}").get("streams") if proc.returncode == 0 else None
+        if not streams:
+            why = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no audio stream"
+            raise DecodeError(f"not a readable audio file ({sf_error}; ffmpeg: {why})")
+        s = streams[0]
+        rate, channels = int(s.get("sample_rate", 0)), int(s.get("channels", 0))
+        duration = float(s["duration"]) if str(s.get("duration", "")).replace(".", "", 1).isdigit() else 0.0
+    except subprocess.TimeoutExpired:
+        raise DecodeError(f"not a readable audio file ({sf_error}; ffprobe timed out)") from None
+    except (ValueError, TypeError, AttributeError) as e:
+        raise DecodeError(f"not a readable audio file ({sf_error}; ffprobe said something odd: {e})") from None
     if rate <= 0 or channels <= 0:
         raise DecodeError(f"not a readable audio file ({sf_error}; ffmpeg: rate {rate}, channels {channels})")
-    frames = int(float(s.get("duration") or 0) * rate)
-    return SourceInfo(rate, channels, frames, f"ffmpeg:{s.get('codec_name', '?')}", "ffmpeg")
+    return SourceInfo(rate, channels, int(duration * rate), f"ffmpeg:{s.get('codec_name', '?')}", "ffmpeg")
 
 
-def _ffmpeg_read(path: Path, info: SourceInfo) -> np.ndarray:
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0",
+def _ffmpeg_read(path: Path, info: SourceInfo, max_duration_s: float) -> np.ndarray:
+    # -t stops at just past the limit, so a file whose header gave no duration cannot fill memory.
+    limit = ["-t", f"{max_duration_s + 1:.3f}"] if max_duration_s != float("inf") else []
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", *limit,
            "-f", "f32le", "-acodec", "pcm_f32le", "-"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, timeout=600)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        raise DecodeError("ffmpeg took over 600 s to decode") from None
     if proc.returncode != 0:
         raise DecodeError(f"ffmpeg could not decode: {proc.stderr.decode(errors='replace').strip()[-300:]}")
-    return np.frombuffer(proc.stdout, dtype="<f4").reshape(-1, info.channels)
+    usable = len(proc.stdout) // (4 * info.channels) * 4 * info.channels
+    return np.frombuffer(proc.stdout[:usable], dtype="<f4").reshape(-1, info.channels)
 
 
 def to_mono(frames: np.ndarray, channel: int | None) -> np.ndarray:

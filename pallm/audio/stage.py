@@ -13,17 +13,17 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from pallm.audio.decode import DecodeError, SourceInfo, decode, resample, to_mono
+from pallm.audio.decode import DecodeError, SourceInfo, decode, environment, resample, to_mono
 from pallm.audio.levels import measure
 from pallm.config import AudioConfig
 from pallm.corpora.base import SOURCE_KEY, ItemError
-from pallm.schema import SAMPLE_RATE, SCHEMA_VERSION
+from pallm.schema import SAMPLE_RATE
 from pallm.stages import Stage
 
 VERSION = "1"
 WRITES = (
     "audio", "duration_s", "source_sample_rate", "source_channels", "source_format",
-    "level_rms_dbfs", "level_peak_dbfs", "active_fraction", "schema_version",
+    "level_rms_dbfs", "level_peak_dbfs", "active_fraction",
 )  # fmt: skip
 
 
@@ -36,6 +36,7 @@ def audio_stage(config: AudioConfig) -> Stage:
         writes=WRITES,
         process=partial(process_audio, config=config),
         config=config,
+        environment=environment(),
     )
 
 
@@ -46,6 +47,8 @@ def process_audio(row: dict[str, Any], config: AudioConfig) -> dict[str, Any]:
         size = path.stat().st_size
     except FileNotFoundError:
         raise ItemError("file not found") from None
+    except OSError as e:
+        raise ItemError(f"unreadable: {e.strerror}") from None
     if size == 0:
         raise ItemError("empty file (0 bytes)")
     channel = row.get("channel")
@@ -75,7 +78,6 @@ def process_audio(row: dict[str, Any], config: AudioConfig) -> dict[str, Any]:
         "level_rms_dbfs": levels.rms_dbfs,
         "level_peak_dbfs": levels.peak_dbfs,
         "active_fraction": levels.active_fraction,
-        "schema_version": SCHEMA_VERSION,
     }
 
 

@@ -51,6 +51,8 @@ def parse_name(stem: str) -> dict[str, int]:
             raise ValueError(f"{what} code {code:02d} out of range in {stem!r}")
     if emotion == 1 and intensity == 2:
         raise ValueError(f"neutral has no strong intensity in RAVDESS ({stem!r})")
+    if channel == 2 and emotion not in SONG_EMOTIONS:
+        raise ValueError(f"RAVDESS song has no {EMOTIONS[emotion]} ({stem!r})")
     return dict(
         modality=modality, channel=channel, emotion=emotion, intensity=intensity,
         statement=statement, repetition=repetition, actor=actor,
