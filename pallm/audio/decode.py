@@ -40,21 +40,35 @@ class SourceInfo:
         return self.frames / self.sample_rate if self.sample_rate else 0.0
 
 
-def decode(path: Path, max_duration_s: float = float("inf")) -> tuple[SourceInfo, np.ndarray]:
-    """Probe a file and read all its samples as float32 (frames, channels) at the source rate.
+def decode(
+    path: Path, max_duration_s: float = float("inf"), channel: int | None = None
+) -> tuple[SourceInfo, np.ndarray]:
+    """Probe a file and read it as mono float32 at the source rate: one channel, or all averaged.
 
-    libsndfile formats are probed and read in one open. A file whose header says it is longer than
-    `max_duration_s` raises TooLong before any sample is read, so memory stays bounded.
+    libsndfile formats are probed and read in one open; multichannel files are read in blocks and
+    reduced to mono as they come, so only one channel's worth of samples is ever held. A file whose
+    header says it is longer than `max_duration_s` raises TooLong before any sample is read.
     """
     try:
         with sf.SoundFile(str(path)) as f:
             info = _sf_info(f)
             _check_length(info, max_duration_s)
-            return info, _read_float32(f)
+            _check_channel(info, channel)
+            if info.channels == 1:
+                return info, _read_float32(f, f.frames)[:, 0]
+            block = info.sample_rate * 10
+            parts = [to_mono(_read_float32(f, block), channel) for _ in range(0, max(info.frames, 1), block)]
+            return info, np.concatenate(parts) if parts else np.zeros(0, np.float32)
     except (sf.LibsndfileError, RuntimeError) as e:
         info = _ffprobe(path, f"libsndfile: {e}")
     _check_length(info, max_duration_s)
-    return info, _ffmpeg_read(path, info, max_duration_s)
+    _check_channel(info, channel)
+    return info, to_mono(_ffmpeg_read(path, info, max_duration_s), channel)
+
+
+def _check_channel(info: SourceInfo, channel: int | None) -> None:
+    if channel is not None and not 0 <= channel < info.channels:
+        raise DecodeError(f"channel {channel} requested but the file has {info.channels}")
 
 
 def environment() -> dict[str, str]:
@@ -77,12 +91,12 @@ def _check_length(info: SourceInfo, max_duration_s: float) -> None:
 _INT_READS = {"PCM_16": ("int16", 2.0**-15), "PCM_24": ("int32", 2.0**-31), "PCM_32": ("int32", 2.0**-31)}
 
 
-def _read_float32(f: sf.SoundFile) -> np.ndarray:
+def _read_float32(f: sf.SoundFile, frames: int) -> np.ndarray:
     dtype_scale = _INT_READS.get(f.subtype)
     if dtype_scale is None:
-        return f.read(dtype="float32", always_2d=True)
+        return f.read(frames, dtype="float32", always_2d=True)
     dtype, scale = dtype_scale
-    data = f.read(dtype=dtype, always_2d=True)
+    data = f.read(frames, dtype=dtype, always_2d=True)
     out = data.astype(np.float32)
     out *= np.float32(scale)
     return out
@@ -135,8 +149,6 @@ def _ffmpeg_read(path: Path, info: SourceInfo, max_duration_s: float) -> np.ndar
 def to_mono(frames: np.ndarray, channel: int | None) -> np.ndarray:
     """One channel of a (frames, channels) array, or the mean of all channels when `channel` is None."""
     if channel is not None:
-        if channel >= frames.shape[1]:
-            raise DecodeError(f"channel {channel} requested but the file has {frames.shape[1]}")
         return np.ascontiguousarray(frames[:, channel])
     if frames.shape[1] == 1:
         return frames[:, 0]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from pallm.audio.decode import DecodeError, SourceInfo, decode, environment, resample, to_mono
+from pallm.audio.decode import DecodeError, SourceInfo, decode, environment, resample
 from pallm.audio.levels import measure
 from pallm.config import AudioConfig
 from pallm.corpora.base import SOURCE_KEY, ItemError
@@ -53,11 +53,11 @@ def process_audio(row: dict[str, Any], config: AudioConfig) -> dict[str, Any]:
         raise ItemError("empty file (0 bytes)")
     channel = row.get("channel")
     try:
-        info, raw = decode(path, config.max_duration_s)
-        x = resample(to_mono(raw, channel), info.sample_rate, SAMPLE_RATE)
+        info, mono = decode(path, config.max_duration_s, channel)
+        x = resample(mono, info.sample_rate, SAMPLE_RATE)
     except DecodeError as e:
         raise ItemError(str(e)) from None
-    del raw
+    del mono
     duration = x.size / SAMPLE_RATE
     if duration < config.min_duration_s:
         raise ItemError(f"too short: {duration:.3f} s < min_duration_s {config.min_duration_s:g} s")
