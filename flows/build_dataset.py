@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from pallm import pipeline
 from pallm.config import BuildConfig, CorpusSpec
@@ -85,9 +86,10 @@ def build_dataset(
     )  # fmt: skip
     progress = create_progress_artifact(0.0, description=f"chunks of {cfg.name} done")
     results: list[pipeline.ChunkResult] = []
+    # quote(): Prefect need not walk every row of a chunk looking for futures to wait on.
     with ThreadPoolTaskRunner(max_workers=cfg.workers) as runner:
         futures = [
-            runner.submit(process_chunk, {"chunk": c, "stages": plan.stages, "config": cfg}) for c in plan.chunks
+            runner.submit(process_chunk, {"chunk": quote(c), "stages": quote(plan.stages), "config": quote(cfg)}) for c in plan.chunks
         ]
         for fut in as_completed(futures):
             results.append(fut.result())
