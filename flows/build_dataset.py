@@ -88,9 +88,8 @@ def build_dataset(
     results: list[pipeline.ChunkResult] = []
     # quote(): Prefect need not walk every row of a chunk looking for futures to wait on.
     with ThreadPoolTaskRunner(max_workers=cfg.workers) as runner:
-        futures = [
-            runner.submit(process_chunk, {"chunk": quote(c), "stages": quote(plan.stages), "config": quote(cfg)}) for c in plan.chunks
-        ]
+        shared = {"stages": quote(plan.stages), "config": quote(cfg)}
+        futures = [runner.submit(process_chunk, {"chunk": quote(c), **shared}) for c in plan.chunks]
         for fut in as_completed(futures):
             results.append(fut.result())
             update_progress_artifact(progress, 100.0 * len(results) / max(1, len(futures)))

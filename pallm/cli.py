@@ -72,6 +72,7 @@ def build_dataset(
         cards_index=str(cards_index or cfg.cards_index or "data_cards"),
     )  # fmt: skip
     typer.echo(json.dumps(summary, indent=2))
+    typer.echo(f"data card: {Path(summary['out']) / 'README.md'}", err=True)
 
 
 @app.command()

@@ -345,3 +345,39 @@ def assert_quarantined_as_expected(bad: list[Any], tree: dict[str, Any]) -> None
     for path, words in tree["quarantined_paths"].items():
         for w in words:
             assert w in by_path[path].reason, (path, w, by_path[path].reason)
+
+
+def scan_adapter(name: str, root: Path, **options: Any) -> tuple[dict[str, dict[str, Any]], list[Any]]:
+    """Scan a corpus with its registered adapter: rows by id (asserting ids are unique) and quarantine records."""
+    from pallm.corpora import get_adapter
+    from pallm.corpora.base import Quarantined
+
+    adapter = get_adapter(name)
+    rows: dict[str, dict[str, Any]] = {}
+    bad: list[Quarantined] = []
+    for item in adapter.scan(root, adapter.options(**options)):
+        if isinstance(item, Quarantined):
+            bad.append(item)
+        else:
+            assert item["id"] not in rows, f"duplicate id {item['id']}"
+            rows[item["id"]] = item
+    return rows, bad
+
+
+def assert_ids_stable(name: str, root: Path, moved: Path) -> None:
+    """Two scans, and a scan of a copy elsewhere, give the same ids and rows; only the source path moves."""
+    import shutil
+
+    from pallm.corpora.base import SOURCE_KEY
+
+    first, _ = scan_adapter(name, root)
+    again, _ = scan_adapter(name, root)
+    shutil.copytree(root, moved)
+    elsewhere, _ = scan_adapter(name, moved)
+    assert first and list(first) == list(again) == list(elsewhere)
+    for rid, row in first.items():
+        assert {k: v for k, v in row.items() if k != SOURCE_KEY} == {
+            k: v for k, v in elsewhere[rid].items() if k != SOURCE_KEY
+        }
+        assert Path(elsewhere[rid][SOURCE_KEY]) == moved / row["audio_path"]
+        assert Path(row[SOURCE_KEY]).is_absolute()

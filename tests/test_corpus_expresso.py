@@ -10,7 +10,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import soundfile as sf
-from corpus_fixtures import EXPRESSO_RATE, assert_quarantined_as_expected, make_expresso_tree, voiced, write_wav
+from corpus_fixtures import (
+    EXPRESSO_RATE,
+    assert_ids_stable,
+    assert_quarantined_as_expected,
+    make_expresso_tree,
+    scan_adapter,
+    voiced,
+    write_wav,
+)
 
 from pallm.corpora import expresso, get_adapter
 from pallm.corpora.base import SOURCE_KEY, CorpusError, Quarantined
@@ -35,14 +43,7 @@ def tree_without_splits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
 
 
 def _scan(root: Path, **options: Any) -> tuple[dict[str, dict[str, Any]], list[Quarantined]]:
-    rows, bad = {}, []
-    for item in expresso.scan(root, expresso.ExpressoOptions(**options)):
-        if isinstance(item, Quarantined):
-            bad.append(item)
-        else:
-            assert item["id"] not in rows, f"duplicate id {item['id']}"
-            rows[item["id"]] = item
-    return rows, bad
+    return scan_adapter("expresso", root, **options)
 
 
 def test_exactly_the_expected_rows(tree: dict[str, Any]) -> None:
@@ -177,17 +178,7 @@ def test_every_real_style_name_has_its_own_label_row() -> None:
 
 
 def test_ids_are_stable_across_scans_and_machines(tree: dict[str, Any], tmp_path: Path) -> None:
-    first, _ = _scan(tree["root"])
-    again, _ = _scan(tree["root"])
-    moved = tmp_path / "dossier partagé" / "expresso"
-    shutil.copytree(tree["root"], moved)
-    elsewhere, _ = _scan(moved)
-    assert list(first) == list(again) == list(elsewhere)
-    for rid, row in first.items():
-        assert {k: v for k, v in row.items() if k != SOURCE_KEY} == {
-            k: v for k, v in elsewhere[rid].items() if k != SOURCE_KEY
-        }
-        assert Path(elsewhere[rid][SOURCE_KEY]) == moved / row["audio_path"]
+    assert_ids_stable("expresso", tree["root"], tmp_path / "dossier partagé" / "expresso")
 
 
 def test_rows_fit_the_arrow_schema(tree: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import soundfile as sf
-from corpus_fixtures import assert_quarantined_as_expected, make_iemocap_tree
+from corpus_fixtures import assert_ids_stable, assert_quarantined_as_expected, make_iemocap_tree, scan_adapter
 
 from pallm.corpora import get_adapter, iemocap
 from pallm.corpora.base import SOURCE_KEY, CorpusError, Quarantined
@@ -23,14 +23,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _scan(root: Path, **options: Any) -> tuple[dict[str, dict[str, Any]], list[Quarantined]]:
-    rows, bad = {}, []
-    for item in iemocap.scan(root, iemocap.IemocapOptions(**options)):
-        if isinstance(item, Quarantined):
-            bad.append(item)
-        else:
-            assert item["id"] not in rows, f"duplicate id {item['id']}"
-            rows[item["id"]] = item
-    return rows, bad
+    return scan_adapter("iemocap", root, **options)
 
 
 def test_exactly_the_good_utterances_become_rows(tree: dict[str, Any]) -> None:
@@ -120,18 +113,7 @@ def test_four_class_only_keeps_the_standard_subset(tree: dict[str, Any]) -> None
 
 
 def test_ids_are_stable_across_scans_and_machines(tree: dict[str, Any], tmp_path: Path) -> None:
-    first, _ = _scan(tree["root"])
-    again, _ = _scan(tree["root"])
-    moved = tmp_path / "another disk é" / "IEMOCAP"
-    shutil.copytree(tree["root"], moved)
-    elsewhere, _ = _scan(moved)
-    assert list(first) == list(again) == list(elsewhere)
-    for rid, row in first.items():
-        assert {k: v for k, v in row.items() if k != SOURCE_KEY} == {
-            k: v for k, v in elsewhere[rid].items() if k != SOURCE_KEY
-        }
-        assert Path(elsewhere[rid][SOURCE_KEY]) == moved / row["audio_path"]
-        assert Path(row[SOURCE_KEY]).is_absolute()
+    assert_ids_stable("iemocap", tree["root"], tmp_path / "another disk é" / "IEMOCAP")
 
 
 def test_rows_fit_the_arrow_schema(tree: dict[str, Any]) -> None:
