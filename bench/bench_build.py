@@ -232,7 +232,8 @@ def main() -> None:
     print(f"{'stage':32s} {'workload':16s} {'seconds':>8s} {'clips/s':>8s} {'x floor':>8s} {'peak MiB':>9s}  notes")
     for stage, workload, r in rows:
         per_clip_floor = floor["seconds"] / floor["clips"]
-        ratio = r["seconds"] / (per_clip_floor * r["clips"]) if r["clips"] else float("nan")
+        # a ratio per clip means nothing for the one-clip start-up run
+        ratio = r["seconds"] / (per_clip_floor * r["clips"]) if r["clips"] > 1 else float("nan")
         notes = ", ".join(
             f"{k} {v:.2f}s" if isinstance(v, float) else f"{k} {v}"
             for k, v in r.items()
