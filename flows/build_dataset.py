@@ -95,9 +95,10 @@ def build_dataset(
             update_progress_artifact(progress, 100.0 * len(results) / max(1, len(futures)))
     cached = sum(r.cached for r in results)
     log.info("%d chunks done (%d reused from cache)", len(results), cached)
-    if pipeline.is_finalized(plan, cfg.out):
+    final = pipeline.finalize(plan, results, cfg.out, run_id=str(flow_run.get_id() or ""))
+    if final["unchanged"]:
         log.info("nothing changed since the last build of %s", cfg.out)
-    manifest = pipeline.finalize(plan, results, cfg.out, run_id=str(flow_run.get_id() or ""))["manifest"]
+    manifest = final["manifest"]
     publish(cfg.out, manifest)
     return {
         "out": str(cfg.out.resolve()),

@@ -78,6 +78,7 @@ class Plan:
     stages: list[Stage]
     corpus_roots: dict[str, str]
     version: str
+    code_version: str
     build_key: str
 
     @property
@@ -183,8 +184,9 @@ def plan(config: BuildConfig, stages: Sequence[Stage] | None = None, *, hash_wor
             "quarantined": [q.as_dict() for q in quarantined],
         }
     )[:12]
-    build_key = _hash({"version": version, "code": code_version()})
-    return Plan(config, chunks, quarantined, stages, roots, version, build_key)
+    code = code_version()
+    build_key = _hash({"version": version, "code": code})
+    return Plan(config, chunks, quarantined, stages, roots, version, code, build_key)
 
 
 def _dedupe(rows: list[Row], quarantined: list[Quarantined]) -> list[Row]:
@@ -397,7 +399,8 @@ def finalize(
     from pallm import cards
 
     results = sorted(results, key=lambda r: r.stem)
-    if is_finalized(plan, out):
+    unchanged = is_finalized(plan, out)
+    if unchanged:
         manifest = read_manifest(out)
         card = (out / "README.md").read_text(encoding="utf-8")
     else:
@@ -409,7 +412,7 @@ def finalize(
             "build_key": plan.build_key,
             "schema_version": SCHEMA_VERSION,
             "label_map_version": LABEL_MAP_VERSION,
-            "code_version": code_version(),
+            "code_version": plan.code_version,
             "config": plan.config.model_dump(mode="json"),
             "config_hash": plan.config.fingerprint(),
             "stages": {s.name: {"version": s.version, "fingerprint": s.fingerprint()} for s in plan.stages},
@@ -425,7 +428,7 @@ def finalize(
     removed = remove_stale(out, results)
     if plan.config.cards_index is not None:
         cards.register(plan.config.cards_index, out, manifest, card)
-    return {"manifest": manifest, "removed": removed, "card": card}
+    return {"manifest": manifest, "removed": removed, "card": card, "unchanged": unchanged}
 
 
 __all__ = [

@@ -48,9 +48,11 @@ class Stage:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def check_pipeline(
-    stages: Sequence[Stage], available: Sequence[str] = (*PLANNED_COLUMNS, SOURCE_KEY, "schema_version")
-) -> None:
+#: Columns a row has before any stage runs: the adapters', the source hash, and what the writer stamps.
+INPUT_COLUMNS = (*PLANNED_COLUMNS, SOURCE_KEY, "schema_version")
+
+
+def check_pipeline(stages: Sequence[Stage], available: Sequence[str] = INPUT_COLUMNS) -> None:
     """Raise ValueError if a stage reads a column nobody wrote, or writes an unknown column."""
     have = set(available)
     for s in stages:
