@@ -48,13 +48,13 @@ def job_core(corpus_spec: str, out: Path, workers: int) -> dict:
     from pallm import pipeline
     from pallm.config import BuildConfig, CorpusSpec
 
-    cfg = BuildConfig(corpora=[CorpusSpec.parse(corpus_spec)], out=out, workers=workers)
+    cfg = BuildConfig(corpora=[CorpusSpec.parse(corpus_spec)], out=out, workers=workers, asr="none")
     t0 = time.perf_counter()
     plan = pipeline.plan(cfg)
     pipeline.prepare_output(out)
     t1 = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(lambda c: pipeline.run_chunk(c, plan.stages, out, cfg), plan.chunks))
+        results = pipeline.run_chunks(plan, out, pool.map)
     t2 = time.perf_counter()
     pipeline.finalize(plan, results, out)
     t3 = time.perf_counter()
@@ -200,7 +200,18 @@ def main() -> None:
                     "cli: start-up (one clip)",
                     "ravdess 1 clip",
                     timed_cli(
-                        ["build-dataset", "--corpus", f"ravdess={one}", "--out", str(tmp / "cli1"), *w, *cards], env
+                        [
+                            "build-dataset",
+                            "--corpus",
+                            f"ravdess={one}",
+                            "--out",
+                            str(tmp / "cli1"),
+                            "--asr",
+                            "none",
+                            *w,
+                            *cards,
+                        ],
+                        env,
                     ),
                 )
             )
@@ -209,7 +220,18 @@ def main() -> None:
                     "cli: build-dataset",
                     "ravdess 1x",
                     timed_cli(
-                        ["build-dataset", "--corpus", f"ravdess={a.corpus}", "--out", str(tmp / "cli"), *w, *cards], env
+                        [
+                            "build-dataset",
+                            "--corpus",
+                            f"ravdess={a.corpus}",
+                            "--out",
+                            str(tmp / "cli"),
+                            "--asr",
+                            "none",
+                            *w,
+                            *cards,
+                        ],
+                        env,
                     ),
                 )
             )
@@ -218,7 +240,18 @@ def main() -> None:
                     "cli: rerun, nothing changed",
                     "ravdess 1x",
                     timed_cli(
-                        ["build-dataset", "--corpus", f"ravdess={a.corpus}", "--out", str(tmp / "cli"), *w, *cards], env
+                        [
+                            "build-dataset",
+                            "--corpus",
+                            f"ravdess={a.corpus}",
+                            "--out",
+                            str(tmp / "cli"),
+                            "--asr",
+                            "none",
+                            *w,
+                            *cards,
+                        ],
+                        env,
                     ),
                 )
             )

@@ -24,14 +24,24 @@ from prefect.utilities.annotations import quote
 
 from pallm import pipeline
 from pallm.config import BuildConfig, CorpusSpec
+from pallm.cues.normalize import SpeakerNorms
 from pallm.stages import Stage
 
 
 # The chunk records are the cache (keyed by content), so Prefect's own input hashing is not needed.
 @task(name="process-chunk", task_run_name="chunk {chunk.stem}", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def process_chunk(chunk: pipeline.Chunk, stages: list[Stage], config: BuildConfig) -> pipeline.ChunkResult:
-    """Run the stages over one chunk and write its shards (or reuse them when unchanged)."""
-    return pipeline.run_chunk(chunk, stages, config.out, config)
+    """The measuring pass over one chunk: audio, speech, cues (or its cached result)."""
+    return pipeline.measure_chunk(chunk, stages, config.out, config)
+
+
+@task(name="describe-chunk", task_run_name="describe {measured.stem}", retries=2, retry_delay_seconds=2,
+      cache_policy=NO_CACHE)  # fmt: skip
+def describe_chunk(
+    measured: pipeline.ChunkResult, stages: list[Stage], norms: SpeakerNorms, config: BuildConfig
+) -> pipeline.ChunkResult:
+    """The describing pass over one measured chunk: z-scores, cue words, shards (or its cached result)."""
+    return pipeline.describe_chunk(measured, stages, norms, config.out, config)
 
 
 def make_config(
@@ -84,17 +94,25 @@ def build_dataset(
         "planned %d utterances in %d chunks (%d quarantined at ingest) -> %s",
         plan.total_rows, len(plan.chunks), len(plan.quarantined), cfg.out,
     )  # fmt: skip
-    progress = create_progress_artifact(0.0, description=f"chunks of {cfg.name} done")
+    progress = create_progress_artifact(0.0, description=f"chunks of {cfg.name} measured, then described")
+    total = 2 * max(1, len(plan.chunks))
+    measured: list[pipeline.ChunkResult] = []
     results: list[pipeline.ChunkResult] = []
     # quote(): Prefect need not walk every row of a chunk looking for futures to wait on.
     with ThreadPoolTaskRunner(max_workers=cfg.workers) as runner:
         shared = {"stages": quote(plan.stages), "config": quote(cfg)}
         futures = [runner.submit(process_chunk, {"chunk": quote(c), **shared}) for c in plan.chunks]
         for fut in as_completed(futures):
+            measured.append(fut.result())
+            update_progress_artifact(progress, 100.0 * len(measured) / total)
+        norms = pipeline.speaker_norms(cfg.out, measured)
+        shared = {"stages": quote(pipeline.describe_stages(cfg, norms)), "norms": quote(norms), "config": quote(cfg)}
+        futures = [runner.submit(describe_chunk, {"measured": quote(m), **shared}) for m in measured]
+        for fut in as_completed(futures):
             results.append(fut.result())
-            update_progress_artifact(progress, 100.0 * len(results) / max(1, len(futures)))
-    cached = sum(r.cached for r in results)
-    log.info("%d chunks done (%d reused from cache)", len(results), cached)
+            update_progress_artifact(progress, 100.0 * (len(measured) + len(results)) / total)
+    cached = sum(r.cached for r in measured)
+    log.info("%d chunks done (%d measurements reused from cache)", len(results), cached)
     final = pipeline.finalize(plan, results, cfg.out, run_id=str(flow_run.get_id() or ""))
     if final["unchanged"]:
         log.info("nothing changed since the last build of %s", cfg.out)

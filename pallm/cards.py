@@ -19,6 +19,8 @@ import pandas as pd
 
 from pallm.corpora import get_adapter
 from pallm.corpora.base import Quarantined
+from pallm.cues import vocabulary
+from pallm.cues.normalize import MIN_UTTERANCES, Z_COLUMNS
 from pallm.labels import LABEL_MAP, LABEL_MAP_VERSION
 from pallm.schema import COLUMNS
 from pallm.shards import atomic_path, write_bytes_atomic, write_json_atomic
@@ -29,8 +31,15 @@ if TYPE_CHECKING:
 TEMPLATE = Path(__file__).parent / "templates" / "data_card.md.j2"
 STAT_COLUMNS = (
     "id", "corpus", "split", "speaker_id", "gender", "emotion_native", "emotion", "sentiment",
-    "duration_s", "level_rms_dbfs", "source_sample_rate", "source_channels",
+    "duration_s", "level_rms_dbfs", "source_sample_rate", "source_channels", "flags",
+    "transcript", "asr_wer", "asr_confidence", "word_timing", "cue_words",
+    "f0_mean_hz", "energy_mean_db", "speech_rate_wps", "pause_total_s", *Z_COLUMNS,
 )  # fmt: skip
+#: Per-label cue medians shown in the card: the column and its heading.
+CUE_SUMMARY = {
+    "f0_mean_z": "pitch z", "energy_mean_z": "loudness z", "speech_rate_z": "rate z",
+    "f0_mean_hz": "F0 Hz", "speech_rate_wps": "words/s", "pause_total_s": "pauses s",
+}  # fmt: skip
 SPLIT_ORDER = ("train", "validation", "test")
 
 
@@ -77,7 +86,54 @@ def render_card(
         columns=COLUMNS,
         plots=plots,
         size_category=_size_category(len(df)),
+        speech=manifest["config"]["asr"] != "none",
+        wer=_wer_table(df),
+        flags=_flag_counts(df),
+        cues=_cue_table(df),
+        cue_words=_cue_word_shares(df),
+        vocabulary=vocabulary.rules(),
+        vocabulary_version=vocabulary.VOCABULARY_VERSION,
+        min_utterances=MIN_UTTERANCES,
     )
+
+
+def _wer_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Word error rate against the corpus transcripts, per corpus and split (rows with a reference)."""
+    ref = df[df["asr_wer"].notna()] if "asr_wer" in df and len(df) else df.iloc[0:0]
+    if ref.empty:
+        return pd.DataFrame(columns=["corpus", "split", "with reference", "mean WER", "median WER", "exact"])
+    g = ref.groupby(["corpus", "split"])["asr_wer"]
+    t = pd.DataFrame({"with reference": g.size(), "mean WER": g.mean().round(3), "median WER": g.median().round(3),
+                      "exact": (g.apply(lambda s: (s == 0).mean()) * 100).round(1).astype(str) + "%"})  # fmt: skip
+    return t.reset_index()
+
+
+def _flag_counts(df: pd.DataFrame) -> pd.DataFrame:
+    flags = df["flags"].explode().dropna() if len(df) else pd.Series(dtype=str)
+    if flags.empty:
+        return pd.DataFrame(columns=["flag", "utterances"])
+    return flags.value_counts().rename_axis("flag").reset_index(name="utterances")
+
+
+def _cue_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Median of each summary cue per corpus and emotion: how the labels sound, measured."""
+    if df.empty or df["f0_mean_hz"].isna().all():
+        return pd.DataFrame(columns=["corpus", "emotion", "utterances", *CUE_SUMMARY.values()])
+    g = df.groupby(["corpus", "emotion"])
+    t = g[list(CUE_SUMMARY)].median().round(2).rename(columns=CUE_SUMMARY)
+    t.insert(0, "utterances", g.size())
+    return t.reset_index()
+
+
+def _cue_word_shares(df: pd.DataFrame) -> pd.DataFrame:
+    """How often each cue word (emphasis aside) is said of the utterances."""
+    words = df["cue_words"].explode().dropna() if len(df) else pd.Series(dtype=str)
+    words = words[~words.str.startswith("emphasis on")]
+    if words.empty:
+        return pd.DataFrame(columns=["cue word", "utterances", "share"])
+    counts = words.value_counts().sort_index()
+    return pd.DataFrame({"cue word": counts.index, "utterances": counts.values,
+                         "share": (100 * counts.values / len(df)).round(1).astype(str) + "%"})  # fmt: skip
 
 
 def _counts(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -201,6 +257,21 @@ def draw_plots(folder: Path, df: pd.DataFrame) -> dict[str, str]:
     a2.set_xlabel("RMS level (dBFS, as recorded)")
     a1.legend()
     plots["Duration and recorded level"] = _save(fig, folder / "durations_levels.png")
+    if df["f0_mean_z"].notna().any() or df["energy_mean_z"].notna().any():
+        fig = Figure(figsize=(4.8 * len(corpora), 6.4))
+        fig.subplots_adjust(left=0.1, right=0.98, top=0.95, bottom=0.14, hspace=0.45, wspace=0.25)
+        axes = fig.subplots(2, len(corpora), squeeze=False)
+        for col, corpus in enumerate(corpora):
+            part = df[df["corpus"] == corpus]
+            emotions = sorted(part["emotion"].unique())
+            for row, (z, name) in enumerate((("f0_mean_z", "pitch"), ("energy_mean_z", "loudness"))):
+                data = [part.loc[part["emotion"] == e, z].dropna().to_numpy() for e in emotions]
+                ax = axes[row][col]
+                ax.boxplot(data, tick_labels=emotions, showfliers=False)
+                ax.axhline(0, color="#8a8f98", linewidth=0.8)
+                ax.set_title(f"{corpus}: {name} (z against the speaker)", fontsize=9)
+                ax.tick_params(axis="x", rotation=45, labelsize=8)
+        plots["Measured pitch and loudness per emotion, normalised per speaker"] = _save(fig, folder / "cues.png")
     return plots
 
 

@@ -31,7 +31,11 @@ def build_dataset(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default: datasets/<name>)")] = None,
     asr: Annotated[
-        str | None, typer.Option(help="speech recognition: none (the only value until the speech stage)")
+        str | None,
+        typer.Option(
+            help="Whisper model: tiny.en (default) or base (installed offline), a CTranslate2 folder, "
+            "a hub name, or none"
+        ),
     ] = None,
     teacher: Annotated[
         str | None, typer.Option(help="teacher LLM: none (the only value until the teacher stage)")
@@ -50,6 +54,7 @@ def build_dataset(
     from pallm.config import BuildConfig, CorpusSpec
     from pallm.corpora import CorpusError
     from pallm.pipeline import check_output, resolve_corpus
+    from pallm.speech.models import resolve_asr_model
 
     try:
         cfg = BuildConfig.load(
@@ -58,6 +63,8 @@ def build_dataset(
         )  # fmt: skip
         for spec in cfg.corpora:  # fail before Prefect starts
             resolve_corpus(spec)
+        if cfg.asr != "none":
+            resolve_asr_model(cfg.asr)
         check_output(cfg.out)
     except ValidationError as e:
         _fail("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()))

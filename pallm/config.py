@@ -46,17 +46,41 @@ class ShardConfig(_Strict):
     row_group_rows: int = Field(64, ge=1)
 
 
+class SpeechConfig(_Strict):
+    """How the speech stage transcribes, times words and (where asked) diarizes."""
+
+    language: str | None = Field("en", description="spoken language; null: detect per 30 s window")
+    device: str = "cpu"
+    compute_type: str = Field("int8", description="CTranslate2 compute type: int8, float32, float16 (GPU), ...")
+    threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="CPU threads for decoding")
+    batch_size: int = Field(8, ge=1, description="speech pieces (of one or many clips) decoded together")
+    beam_size: int = Field(5, ge=1)
+    vad_onset: float = 0.5
+    vad_offset: float = 0.363
+    align_model: str | None = Field(
+        None, description="wav2vec2 CTC aligner (hub name or folder); null: Whisper's timing"
+    )
+    diarize_model: str | None = Field(
+        None, description="pyannote pipeline (config.yaml or hub name); null: no diarization"
+    )
+    hf_token_env: str = Field("HF_TOKEN", description="environment variable holding a hub token for gated models")
+    offline: bool = Field(False, description="never fetch a model from the hub")
+
+
 class BuildConfig(_Strict):
     """Everything a `build-dataset` run depends on."""
 
     name: str = ""  # default: the corpus names joined by "-"
     corpora: list[CorpusSpec] = Field(default_factory=lambda: [CorpusSpec(name="synthetic")])
     out: Path | None = None  # default: datasets/<name>
-    asr: Literal["none"] = "none"
+    asr: str = Field(
+        "tiny.en", description="Whisper model: tiny.en, base (packaged), a CTranslate2 folder, a hub name, or none"
+    )
     teacher: Literal["none"] = "none"
     limit: int | None = Field(None, ge=1, description="at most this many utterances per corpus")
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     audio: AudioConfig = Field(default_factory=AudioConfig)
+    speech: SpeechConfig = Field(default_factory=SpeechConfig)
     shards: ShardConfig = Field(default_factory=ShardConfig)
     cards_index: Path | None = Field(None, description="folder that keeps a copy of each card and an index")
 
@@ -90,7 +114,9 @@ class BuildConfig(_Strict):
 
     def fingerprint(self) -> str:
         """Hash of the settings that change the output; where things live and how many workers run are left out."""
-        keep = self.model_dump(mode="json", exclude={"out", "workers", "cards_index"})
+        keep = self.model_dump(
+            mode="json", exclude={"out": True, "workers": True, "cards_index": True, "speech": {"threads"}}
+        )
         for c in keep["corpora"]:
             c.pop("path", None)
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]

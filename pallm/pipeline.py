@@ -8,11 +8,17 @@ step is testable on its own. The dataset folder is laid out as
     OUT/quarantine.parquet        every item set aside, with the stage and the reason
     OUT/data/<split>-<corpus>-<chunk key>[-pN].parquet
     OUT/card/*.png                plots used by the card
-    OUT/.pallm/chunks/*.json      one record per finished chunk: the cache
+    OUT/.pallm/measured/*         each chunk's measured rows and record: the cache of the costly pass
+    OUT/.pallm/chunks/*.json      one record per finished chunk (its shards)
 
-A chunk is the unit of work and of caching: its key hashes the rows it holds (labels, relative
-paths, the source files' SHA-256) and every stage's fingerprint. A chunk whose record exists with
-its shards intact is not run again, so a rerun after a crash resumes where it stopped.
+A build runs in two passes with a reduction between them. The measuring pass runs the per-row
+stages (audio, speech, cues) over each chunk. Per-speaker statistics are then gathered from every
+measured chunk, and the describing pass adds what needs them (z-scores, cue words) and writes the
+shards. A chunk is the unit of work and of caching: its key hashes the rows it holds (labels,
+relative paths, the source files' SHA-256) and every stage's fingerprint; the describing pass adds
+the statistics of the chunk's speakers. A chunk whose record exists with its files intact is not
+run again, so a rerun after a crash resumes where it stopped, and new utterances of a speaker
+re-describe that speaker's chunks without re-measuring them.
 """
 
 from __future__ import annotations
@@ -22,9 +28,9 @@ import json
 import re
 import subprocess
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +38,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import pallm
+from pallm.audio.cues import cue_stage
 from pallm.audio.stage import audio_stage
 from pallm.config import BuildConfig, CorpusSpec
 from pallm.corpora import get_adapter
 from pallm.corpora.base import SOURCE_KEY, CorpusError, ItemError, Quarantined
+from pallm.cues import normalize
+from pallm.cues.normalize import SpeakerNorms
+from pallm.cues.stage import describe_stage
 from pallm.labels import LABEL_MAP_VERSION
 from pallm.schema import COLUMN_NAMES, QUARANTINE_SCHEMA, SCHEMA_VERSION, validate_row
 from pallm.shards import (
@@ -47,10 +57,13 @@ from pallm.shards import (
     write_json_atomic,
     write_shards,
 )  # fmt: skip
+from pallm.speech.stage import speech_stage
 from pallm.stages import Row, Stage, check_pipeline, run_stages
 
 STATE_DIR = ".pallm"
 DATA_DIR = "data"
+MEASURED_DIR = f"{STATE_DIR}/measured"
+RECORDS_DIR = f"{STATE_DIR}/chunks"
 
 
 @dataclass
@@ -97,6 +110,7 @@ class ChunkResult:
     rows: int
     shards: list[ShardInfo]
     quarantined: list[Quarantined]
+    speakers: list[str] = field(default_factory=list)
     cached: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -107,7 +121,7 @@ class ChunkResult:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ChunkResult:
         return cls(
-            **{k: d[k] for k in ("stem", "key", "corpus", "split", "rows")},
+            **{k: d[k] for k in ("stem", "key", "corpus", "split", "rows", "speakers")},
             shards=[ShardInfo(**s) for s in d["shards"]],
             quarantined=[Quarantined(**q) for q in d["quarantined"]],
             cached=True,
@@ -115,10 +129,19 @@ class ChunkResult:
 
 
 def build_stages(config: BuildConfig) -> list[Stage]:
-    """The stages a config asks for, checked against each other."""
+    """The measuring stages a config asks for, checked (with the describing ones) against each other."""
+    with_words = config.asr != "none"
     stages = [audio_stage(config.audio)]
-    check_pipeline(stages)
+    if with_words:
+        stages.append(speech_stage(config.asr, config.speech))
+    stages.append(cue_stage(with_words))
+    check_pipeline([*stages, *describe_stages(config, {})])
     return stages
+
+
+def describe_stages(config: BuildConfig, norms: SpeakerNorms) -> list[Stage]:
+    """The describing stages, bound to the build's speaker statistics."""
+    return [describe_stage(norms, with_words=config.asr != "none")]
 
 
 def code_version() -> str:
@@ -181,6 +204,7 @@ def plan(config: BuildConfig, stages: Sequence[Stage] | None = None, *, hash_wor
         {
             "config": config.fingerprint(),
             "chunks": [c.key for c in chunks],
+            "describe": [s.fingerprint() for s in describe_stages(config, {})],
             "quarantined": [q.as_dict() for q in quarantined],
         }
     )[:12]
@@ -263,18 +287,17 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _record_path(out: Path, stem: str) -> Path:
-    return out / STATE_DIR / "chunks" / f"{stem}.json"
+def _record_path(out: Path, folder: str, stem: str) -> Path:
+    return out / folder / f"{stem}.json"
 
 
-def cached_result(chunk: Chunk, out: Path) -> ChunkResult | None:
-    """The finished result of this chunk if its record and every shard it names are intact."""
-    record = _record_path(out, chunk.stem)
+def _cached(out: Path, folder: str, stem: str, key: str) -> ChunkResult | None:
+    """The finished result under this key if its record and every file it names are intact."""
     try:
-        result = ChunkResult.from_json(json.loads(record.read_text()))
+        result = ChunkResult.from_json(json.loads(_record_path(out, folder, stem).read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if result.key != chunk.key:
+    if result.key != key:
         return None
     for s in result.shards:
         p = out / s.path
@@ -283,34 +306,93 @@ def cached_result(chunk: Chunk, out: Path) -> ChunkResult | None:
     return result
 
 
-def run_chunk(chunk: Chunk, stages: Sequence[Stage], out: Path, config: BuildConfig) -> ChunkResult:
-    """Process one chunk unless its cached result is intact; write its shards and then its record."""
+def cached_result(chunk: Chunk, out: Path) -> ChunkResult | None:
+    """The measured result of this chunk if its record and file are intact."""
+    return _cached(out, MEASURED_DIR, chunk.stem, chunk.key)
+
+
+def _batches(rows: Sequence[Row], size: int) -> Iterator[list[Row]]:
+    for first in range(0, len(rows), size):
+        yield list(rows[first : first + size])
+
+
+def measure_chunk(chunk: Chunk, stages: Sequence[Stage], out: Path, config: BuildConfig) -> ChunkResult:
+    """The measuring pass over one chunk, unless its cached result is intact: rows to .pallm/measured."""
     cached = cached_result(chunk, out)
     if cached is not None:
         return cached
     quarantined: list[Quarantined] = []
+    speakers: set[str] = set()
+    batch = max(s.batch_size for s in stages)
 
-    def processed() -> Iterator[Row]:
-        for row in chunk.rows:
-            done, bad = run_stages([row], stages)
+    def measured() -> Iterator[Row]:
+        for rows in _batches(chunk.rows, batch):  # a batch at a time keeps memory flat on long chunks
+            done, bad = run_stages(rows, stages)
             quarantined.extend(bad)
             for r in done:
-                r["schema_version"] = SCHEMA_VERSION
-                validate_row(r, COLUMN_NAMES)
+                speakers.add(r["speaker_id"])
                 yield r
 
+    files = write_shards(measured(), out / MEASURED_DIR, chunk.stem, max_bytes=2**62,
+                         row_group_rows=config.shards.row_group_rows, rel_to=out)  # fmt: skip
+    result = ChunkResult(chunk.stem, chunk.key, chunk.corpus, chunk.split, sum(s.rows for s in files), files,
+                         quarantined, sorted(speakers))  # fmt: skip
+    write_json_atomic(_record_path(out, MEASURED_DIR, chunk.stem), result.to_json())
+    return result
+
+
+def speaker_norms(out: Path, measured: Sequence[ChunkResult]) -> SpeakerNorms:
+    """Per-speaker cue statistics over every measured chunk (only the cue columns are read)."""
+    columns = ["speaker_id", *normalize.Z_COLUMNS.values()]
+    return normalize.speaker_norms(pq.read_table(out / s.path, columns=columns) for r in measured for s in r.shards)
+
+
+def describe_key(measured: ChunkResult, stages: Sequence[Stage], norms: SpeakerNorms) -> str:
+    """Cache key of a chunk's describing pass: its measured rows, the stages, its speakers' statistics."""
+    return _hash({"measured": measured.key, "stages": [s.fingerprint() for s in stages],
+                  "norms": normalize.digest(norms, measured.speakers)})  # fmt: skip
+
+
+def describe_chunk(
+    measured: ChunkResult, stages: Sequence[Stage], norms: SpeakerNorms, out: Path, config: BuildConfig
+) -> ChunkResult:
+    """The describing pass over one measured chunk, unless cached: its shards in data/."""
+    key = describe_key(measured, stages, norms)
+    cached = _cached(out, RECORDS_DIR, measured.stem, key)
+    if cached is not None:
+        return cached
+    quarantined = list(measured.quarantined)
+
+    def described() -> Iterator[Row]:
+        for info in measured.shards:
+            for batch in pq.ParquetFile(out / info.path).iter_batches(batch_size=config.shards.row_group_rows):
+                done, bad = run_stages(batch.to_pylist(), stages)
+                quarantined.extend(bad)
+                for r in done:
+                    r["schema_version"] = SCHEMA_VERSION
+                    validate_row(r, COLUMN_NAMES)
+                    yield r
+
     shards = write_shards(
-        processed(),
+        described(),
         out / DATA_DIR,
-        chunk.stem,
+        measured.stem,
         max_bytes=int(config.shards.max_shard_mb * 2**20),
         row_group_rows=config.shards.row_group_rows,
+        rel_to=out,
     )
-    result = ChunkResult(
-        chunk.stem, chunk.key, chunk.corpus, chunk.split, sum(s.rows for s in shards), shards, quarantined
-    )
-    write_json_atomic(_record_path(out, chunk.stem), result.to_json())
+    result = ChunkResult(measured.stem, key, measured.corpus, measured.split, sum(s.rows for s in shards), shards,
+                         quarantined, measured.speakers)  # fmt: skip
+    write_json_atomic(_record_path(out, RECORDS_DIR, measured.stem), result.to_json())
     return result
+
+
+def run_chunks(plan: Plan, out: Path, mapper: Callable[..., Iterable[Any]] = map) -> list[ChunkResult]:
+    """Both passes over every chunk with the given `map` (the built-in one, or a thread pool's)."""
+    measured = list(mapper(lambda c: measure_chunk(c, plan.stages, out, plan.config), plan.chunks))
+    norms = speaker_norms(out, measured)
+    stages = describe_stages(plan.config, norms)
+    return list(mapper(lambda m: describe_chunk(m, stages, norms, out, plan.config), measured))
 
 
 def read_manifest(out: Path) -> dict[str, Any]:
@@ -360,7 +442,7 @@ def prepare_output(out: Path) -> None:
 def remove_stale(out: Path, results: Sequence[ChunkResult]) -> list[str]:
     """Delete shards, chunk records and temporary files that the current build does not own."""
     keep_shards = {s.path for r in results for s in r.shards}
-    keep_records = {f"{r.stem}.json" for r in results}
+    keep_stems = {r.stem for r in results}
     removed = []
     for p in sorted((out / DATA_DIR).glob("*")):
         rel = f"{DATA_DIR}/{p.name}"
@@ -368,10 +450,10 @@ def remove_stale(out: Path, results: Sequence[ChunkResult]) -> list[str]:
         if p.is_file() and ours and rel not in keep_shards:
             p.unlink()
             removed.append(rel)
-    chunks_dir = out / STATE_DIR / "chunks"
-    for p in sorted(chunks_dir.glob("*")) if chunks_dir.is_dir() else []:
-        if p.name not in keep_records:
-            p.unlink()
+    for folder in (RECORDS_DIR, MEASURED_DIR):  # records and measured rows of chunks no longer planned
+        for p in sorted((out / folder).glob("*")) if (out / folder).is_dir() else []:
+            if p.is_file() and p.name.split(".")[0] not in keep_stems:
+                p.unlink()
     for p in out.glob(TMP_PREFIX + "*"):
         p.unlink()
     return removed
@@ -433,5 +515,6 @@ def finalize(
 
 __all__ = [
     "Chunk", "ChunkResult", "CorpusError", "ItemError", "Plan", "build_stages", "cached_result",
-    "check_output", "finalize", "is_finalized", "plan", "prepare_output", "run_chunk",
+    "check_output", "describe_chunk", "describe_stages", "finalize", "is_finalized", "measure_chunk", "plan",
+    "prepare_output", "run_chunks", "speaker_norms",
 ]  # fmt: skip

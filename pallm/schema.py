@@ -12,11 +12,20 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SAMPLE_RATE = 16_000
 
 AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 EMPHASIS_TYPE = pa.list_(pa.struct([("index", pa.int32()), ("word", pa.string())]))
+WORDS_TYPE = pa.list_(
+    pa.struct([("word", pa.string()), ("start", pa.float32()), ("end", pa.float32()), ("probability", pa.float32())])
+)
+WORD_CUES_TYPE = pa.list_(
+    pa.struct(
+        [("index", pa.int32()), ("word", pa.string()), ("f0_mean_hz", pa.float32()), ("energy_mean_db", pa.float32())]
+    )
+)
+FLAGS_TYPE = pa.list_(pa.string())
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("arousal", pa.float32(), True, "dimensional rating (IEMOCAP activation: 1-5)"),
     Column("dominance", pa.float32(), True, "dimensional rating (IEMOCAP: 1-5)"),
     Column("emphasis", EMPHASIS_TYPE, True, "emphasised words of the reference transcript (index, word)"),
+    Column("flags", FLAGS_TYPE, False, "what a stage found doubtful: no_speech, no_f0, low_asr_confidence, ..."),
     # Audio stage.
     Column("audio", AUDIO_TYPE, False, "16 kHz mono 16-bit WAV bytes (Hugging Face Audio layout)"),
     Column("duration_s", pa.float64(), False, "duration of the audio, seconds"),
@@ -69,6 +79,37 @@ COLUMNS: tuple[Column, ...] = (
     Column("level_rms_dbfs", pa.float32(), False, "RMS level of the audio, dBFS (loudness is kept, not normalised)"),
     Column("level_peak_dbfs", pa.float32(), False, "peak level of the audio, dBFS"),
     Column("active_fraction", pa.float32(), False, "fraction of 20 ms frames within 40 dB of the loudest"),
+    # Speech stage: null when the build runs without ASR.
+    Column("transcript", pa.string(), True, "what ASR heard; empty when VAD found no speech"),
+    Column("words", WORDS_TYPE, True, "recognised words with start/end inside the clip (s) and probability"),
+    Column("asr_model", pa.string(), True, "the Whisper model that transcribed (as given to --asr)"),
+    Column("word_timing", pa.string(), True, "how words were timed: whisper (cross-attention) or wav2vec2 (CTC)"),
+    Column("asr_confidence", pa.float32(), True, "mean word probability"),
+    Column("asr_wer", pa.float32(), True, "word error rate against transcript_ref (null without a reference)"),
+    # Cue stage: raw measurements (Praat through parselmouth); null where not measurable.
+    Column("f0_mean_hz", pa.float32(), True, "mean F0 of voiced frames, Hz (null: no usable F0, flag no_f0)"),
+    Column("f0_range_st", pa.float32(), True, "F0 range, 5th to 95th percentile, semitones"),
+    Column("f0_slope_st_per_s", pa.float32(), True, "linear F0 trend over the utterance, semitones per second"),
+    Column("voiced_fraction", pa.float32(), True, "fraction of 10 ms frames with F0, within the speech"),
+    Column("energy_mean_db", pa.float32(), True, "mean intensity of speech frames, dB (Praat)"),
+    Column("energy_range_db", pa.float32(), True, "intensity range, 5th to 95th percentile, dB"),
+    Column("jitter_local", pa.float32(), True, "period-to-period F0 perturbation (Praat jitter local)"),
+    Column("shimmer_local", pa.float32(), True, "period-to-period amplitude perturbation (Praat shimmer local)"),
+    Column("hnr_db", pa.float32(), True, "harmonics-to-noise ratio of voiced frames, dB"),
+    Column("speech_rate_wps", pa.float32(), True, "words per second between the first and last word"),
+    Column("speech_rate_sps", pa.float32(), True, "syllables per second (vowel-group count)"),
+    Column("pause_count", pa.int32(), True, "gaps of 0.15 s or more between words"),
+    Column("pause_total_s", pa.float32(), True, "total length of those gaps, seconds"),
+    Column("pause_longest_s", pa.float32(), True, "longest gap, seconds"),
+    Column("word_cues", WORD_CUES_TYPE, True, "per word: F0 and intensity over its span"),
+    Column("emphasis_measured", EMPHASIS_TYPE, True, "words whose pitch or energy stands out (index, word)"),
+    # Describe stage: per-speaker z-scores and the cue vocabulary (see pallm.cues.vocabulary).
+    Column("f0_mean_z", pa.float32(), True, "f0 level against the speaker's utterances (z-score of semitones)"),
+    Column("f0_range_z", pa.float32(), True, "f0 range against the speaker's utterances (z-score)"),
+    Column("energy_mean_z", pa.float32(), True, "energy level against the speaker's utterances (z-score)"),
+    Column("energy_range_z", pa.float32(), True, "energy range against the speaker's utterances (z-score)"),
+    Column("speech_rate_z", pa.float32(), True, "speaking rate (syllables/s) against the speaker's utterances"),
+    Column("cue_words", FLAGS_TYPE, True, "the measured cues in words a teacher can use: 'pitch: high', ..."),
     Column("schema_version", pa.int32(), False, "version of this schema"),
 )
 

@@ -94,14 +94,16 @@ def write_shards(
     row_group_rows: int,
     row_group_bytes: int = 64 << 20,
     columns: Sequence[str] = COLUMN_NAMES,
+    rel_to: Path | None = None,
 ) -> list[ShardInfo]:
     """Stream rows into `out_dir/<stem>.parquet`, rolling over to `<stem>-p1.parquet`... past `max_bytes`.
 
     Rows are buffered into row groups of at most `row_group_rows` rows or `row_group_bytes` of
     audio, so memory stays bounded whatever the clip lengths; a shard exceeds `max_bytes` by at
     most one row group. An empty input writes no file (readers such as `datasets` trip on
-    empty shards).
+    empty shards). Shard paths are recorded relative to `rel_to` (default: the parent of `out_dir`).
     """
+    base = rel_to if rel_to is not None else out_dir.parent
     schema = arrow_schema(tuple(columns))
     shards: list[ShardInfo] = []
     it = iter(rows)
@@ -125,7 +127,7 @@ def write_shards(
                     n_rows += len(group)
                     if tmp.stat().st_size >= max_bytes:
                         break
-        shards.append(ShardInfo(f"{out_dir.name}/{name}", n_rows, final.stat().st_size, sha256_file(final)))
+        shards.append(ShardInfo(final.relative_to(base).as_posix(), n_rows, final.stat().st_size, sha256_file(final)))
         part += 1
     return shards
 

@@ -20,24 +20,28 @@ from pallm.corpora.base import SOURCE_KEY, ItemError, Quarantined
 from pallm.schema import COLUMN_NAMES, PLANNED_COLUMNS
 
 Row = dict[str, Any]
+#: A stage's work: rows in, one result per row out (the new column values, or the error that quarantines it).
+Process = Callable[[list[Row]], list[Row | ItemError]]
 
 
 @dataclass(frozen=True)
 class Stage:
-    """A named, versioned transformation of one row into the new column values it writes.
+    """A named, versioned transformation of rows into the new column values each row gets.
 
-    `process(row)` returns a dict with exactly the `writes` columns, or raises `ItemError` to
-    quarantine the row. Stages never mutate their input.
+    `process(rows)` returns, for each row in order, a dict with exactly the `writes` columns or an
+    `ItemError` that quarantines that row. Stages never mutate their input. A stage that gains from
+    seeing many rows at once (batched ASR) asks for up to `batch_size` of them.
     """
 
     name: str
     version: str
     reads: tuple[str, ...]
     writes: tuple[str, ...]
-    process: Callable[[Row], Row]
+    process: Process
     config: BaseModel | None = field(default=None)
     #: facts about the machine that change the output (library versions, tools present)
     environment: dict[str, str] = field(default_factory=dict)
+    batch_size: int = 1
 
     def fingerprint(self) -> str:
         cfg = self.config.model_dump(mode="json") if self.config is not None else None
@@ -65,21 +69,39 @@ def check_pipeline(stages: Sequence[Stage], available: Sequence[str] = INPUT_COL
         have.update(s.writes)
 
 
-def run_stages(rows: Sequence[Row], stages: Sequence[Stage]) -> tuple[list[Row], list[Quarantined]]:
-    """Run every row through every stage; a row that fails a stage is quarantined, the rest go on."""
-    done: list[Row] = []
-    bad: list[Quarantined] = []
-    for row in rows:
-        current = dict(row)
-        for s in stages:
+def per_row(fn: Callable[[Row], Row]) -> Process:
+    """A stage process from a function of one row that raises `ItemError` to quarantine it."""
+
+    def process(rows: list[Row]) -> list[Row | ItemError]:
+        out: list[Row | ItemError] = []
+        for row in rows:
             try:
-                out = s.process(current)
+                out.append(fn(row))
             except ItemError as e:
-                bad.append(Quarantined(current["id"], current["corpus"], current["audio_path"], s.name, str(e)))
-                break
+                out.append(e)
+        return out
+
+    return process
+
+
+def run_stages(rows: Sequence[Row], stages: Sequence[Stage]) -> tuple[list[Row], list[Quarantined]]:
+    """Run the rows through every stage; a row that fails a stage is quarantined, the rest go on."""
+    alive = [dict(r) for r in rows]
+    bad: list[Quarantined] = []
+    for s in stages:
+        if not alive:
+            break
+        results = s.process(alive)
+        if len(results) != len(alive):
+            raise ValueError(f"stage {s.name!r} returned {len(results)} results for {len(alive)} rows")
+        survivors = []
+        for row, out in zip(alive, results, strict=True):
+            if isinstance(out, ItemError):
+                bad.append(Quarantined(row["id"], row["corpus"], row["audio_path"], s.name, str(out)))
+                continue
             if out.keys() != set(s.writes):
                 raise ValueError(f"stage {s.name!r} wrote {sorted(out)}, but declares {sorted(s.writes)}")
-            current.update(out)
-        else:
-            done.append(current)
-    return done, bad
+            row.update(out)
+            survivors.append(row)
+        alive = survivors
+    return alive, bad

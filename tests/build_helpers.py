@@ -84,7 +84,7 @@ def build(cfg: BuildConfig) -> tuple[pipeline.Plan, list[pipeline.ChunkResult]]:
     """Plan, run every chunk and finalise, as the flow does, without Prefect."""
     plan = pipeline.plan(cfg)
     pipeline.prepare_output(cfg.out)
-    results = [pipeline.run_chunk(c, plan.stages, cfg.out, cfg) for c in plan.chunks]
+    results = pipeline.run_chunks(plan, cfg.out)
     pipeline.finalize(plan, results, cfg.out)
     return plan, results
 

@@ -31,6 +31,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp / "out"
     cfg = BuildConfig(
         name="all",
+        asr="none",
         corpora=[
             CorpusSpec(name="iemocap", path=iemocap["root"]),
             CorpusSpec(name="expresso", path=expresso["root"]),

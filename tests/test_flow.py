@@ -27,10 +27,15 @@ def test_flow_builds_and_publishes_artifacts(prefect_env: dict[str, str], ravdes
     expect = make_tree(ravdess16k, root, real_per_actor=2)
     out = tmp_path / "out"
     summary = build_dataset(
-        corpora=[f"ravdess={root}"], out=str(out), name="flowtest", workers=2, cards_index=str(tmp_path / "cards")
+        corpora=[f"ravdess={root}"],
+        out=str(out),
+        name="flowtest",
+        workers=2,
+        cards_index=str(tmp_path / "cards"),
+        asr="none",
     )
     assert summary["rows"] == len(expect["good"]) and summary["quarantined"] == 7 and summary["chunks_cached"] == 0
-    again = build_dataset(corpora=[f"ravdess={root}"], out=str(out), name="flowtest", workers=2)
+    again = build_dataset(corpora=[f"ravdess={root}"], out=str(out), name="flowtest", workers=2, asr="none")
     assert again["chunks_cached"] == again["chunks"] and again["version"] == summary["version"]
 
     with get_client(sync_client=True) as client:
@@ -70,7 +75,7 @@ def test_cli_builds_the_real_ravdess_clips(prefect_server: dict[str, str], ravde
         (["--corpus", "ravdess=/nonexistent/RAVDESS"], "ravdess corpus folder /nonexistent/RAVDESS does not exist"),
         (["--corpus", "ravdes=/tmp"], "unknown corpus 'ravdes'"),
         (["--corpus", "manifest=/nonexistent.csv"], "does not exist"),
-        (["--asr", "whisper"], "asr: Input should be 'none'"),
+        (["--asr", "/nonexistent/whisper"], "ASR model folder /nonexistent/whisper does not exist"),
     ],
 )
 def test_cli_stops_at_once_on_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
@@ -153,7 +158,7 @@ def test_cli_config_file_options_reach_the_build(
     out, cards = tmp_path / "out", tmp_path / "my-cards"
     config = tmp_path / "build.yaml"
     config.write_text(
-        f"name: fromfile\nout: {out}\ncards_index: {cards}\n"
+        f"name: fromfile\nout: {out}\ncards_index: {cards}\nasr: none\n"
         f"corpora:\n  - {{name: ravdess, path: {root}, options: {{test_folds: [3], validation_folds: []}}}}\n"
     )
     proc = run_cli(["build-dataset", "--config", str(config)], prefect_server)

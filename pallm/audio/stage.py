@@ -18,7 +18,7 @@ from pallm.audio.levels import measure
 from pallm.config import AudioConfig
 from pallm.corpora.base import SOURCE_KEY, ItemError
 from pallm.schema import SAMPLE_RATE
-from pallm.stages import Stage
+from pallm.stages import Stage, per_row
 
 VERSION = "1"
 WRITES = (
@@ -34,7 +34,7 @@ def audio_stage(config: AudioConfig) -> Stage:
         version=VERSION,
         reads=(SOURCE_KEY, "audio_path", "channel"),
         writes=WRITES,
-        process=partial(process_audio, config=config),
+        process=per_row(partial(process_audio, config=config)),
         config=config,
         environment=environment(),
     )

@@ -122,6 +122,7 @@ def utterance(
         emotion=mapped.emotion,
         sentiment=mapped.sentiment,
         transcript_ref=transcript_ref,
+        flags=[],
     )
     unknown = set(extra) - set(UTTERANCE_COLUMNS)
     if unknown:

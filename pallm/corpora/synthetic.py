@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pallm.corpora.base import CorpusAdapter, CorpusError, ItemError, Quarantined, SplitOptions, read_text, utterance
 from pallm.labels import UnknownLabel
+from pallm.paths import cache_dir
 
 #: Bump whenever the generated audio or layout changes: the marker and the default folder carry it.
 GENERATOR_VERSION = 1
@@ -167,15 +168,8 @@ class _Clip(NamedTuple):
 
 
 def default_dir() -> Path:
-    """Default cache folder: `$PALLM_CACHE/synthetic-v<N>`, else `<XDG cache>/pallm/synthetic-v<N>`.
-
-    The XDG cache is `$XDG_CACHE_HOME`, or `~/.cache` when that is unset.
-    """
-    name = f"synthetic-v{GENERATOR_VERSION}"
-    if os.environ.get("PALLM_CACHE"):
-        return Path(os.environ["PALLM_CACHE"]) / name
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "pallm" / name
+    """Default folder: `synthetic-v<N>` in the pallm cache (see `pallm.paths.cache_dir`)."""
+    return cache_dir(f"synthetic-v{GENERATOR_VERSION}")
 
 
 def parameters(options: SyntheticOptions) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Measured cues made comparable (per-speaker z-scores) and speakable (the cue vocabulary)."""
