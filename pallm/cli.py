@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -136,6 +137,12 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # A first run without a server creates the embedded database, which can outlast Prefect's 20 s default.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")  # pyannote (whisperx's VAD) reports usage otherwise
+    # whisperx announces its VAD and Lightning the in-memory upgrade of that VAD's checkpoint on every load;
+    # a handler already in place stops whisperx from installing its own INFO-level console handler.
+    logging.getLogger("whisperx").addHandler(logging.NullHandler())
+    for noisy in ("whisperx", "lightning.pytorch.utilities.migration.utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     app()
 
 

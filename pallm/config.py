@@ -63,6 +63,8 @@ class SpeechConfig(_Strict):
     diarize_model: str | None = Field(
         None, description="pyannote pipeline (config.yaml or hub name); null: no diarization"
     )
+    min_speakers: int | None = Field(None, ge=1, description="diarization: at least this many speakers")
+    max_speakers: int | None = Field(None, ge=1, description="diarization: at most this many speakers")
     hf_token_env: str = Field("HF_TOKEN", description="environment variable holding a hub token for gated models")
     offline: bool = Field(False, description="never fetch a model from the hub")
 

@@ -57,7 +57,7 @@ from pallm.shards import (
     write_json_atomic,
     write_shards,
 )  # fmt: skip
-from pallm.speech.stage import speech_stage
+from pallm.speech.stage import diarize_stage, speech_stage
 from pallm.stages import Row, Stage, check_pipeline, run_stages
 
 STATE_DIR = ".pallm"
@@ -134,6 +134,9 @@ def build_stages(config: BuildConfig) -> list[Stage]:
     stages = [audio_stage(config.audio)]
     if with_words:
         stages.append(speech_stage(config.asr, config.speech))
+        diarized = frozenset(c.name for c in config.corpora if not get_adapter(c.name).one_speaker_per_file)
+        if config.speech.diarize_model and diarized:
+            stages.append(diarize_stage(config.speech, diarized))
     stages.append(cue_stage(with_words))
     check_pipeline([*stages, *describe_stages(config, {})])
     return stages

@@ -42,6 +42,8 @@ class Stage:
     #: facts about the machine that change the output (library versions, tools present)
     environment: dict[str, str] = field(default_factory=dict)
     batch_size: int = 1
+    #: the stage may cut a row into several (diarization): its result for a row is then a list of rows
+    expands: bool = False
 
     def fingerprint(self) -> str:
         cfg = self.config.model_dump(mode="json") if self.config is not None else None
@@ -99,9 +101,9 @@ def run_stages(rows: Sequence[Row], stages: Sequence[Stage]) -> tuple[list[Row],
             if isinstance(out, ItemError):
                 bad.append(Quarantined(row["id"], row["corpus"], row["audio_path"], s.name, str(out)))
                 continue
-            if out.keys() != set(s.writes):
-                raise ValueError(f"stage {s.name!r} wrote {sorted(out)}, but declares {sorted(s.writes)}")
-            row.update(out)
-            survivors.append(row)
+            for part in out if s.expands else [out]:
+                if part.keys() != set(s.writes):
+                    raise ValueError(f"stage {s.name!r} wrote {sorted(part)}, but declares {sorted(s.writes)}")
+                survivors.append({**row, **part})
         alive = survivors
     return alive, bad

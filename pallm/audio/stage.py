@@ -85,6 +85,11 @@ def _wav_bytes(path: Path, info: SourceInfo, channel: int | None, x: np.ndarray)
     # A source that already is 16 kHz mono 16-bit WAV is stored byte for byte: no re-quantisation.
     if info.format == "WAV/PCM_16" and info.sample_rate == SAMPLE_RATE and info.channels == 1 and channel is None:
         return path.read_bytes()
+    return encode_wav(x)
+
+
+def encode_wav(x: np.ndarray) -> bytes:
+    """16 kHz mono float samples as 16-bit WAV bytes (the dataset's audio format)."""
     buf = io.BytesIO()
     sf.write(buf, x, SAMPLE_RATE, format="WAV", subtype="PCM_16")
     return buf.getvalue()

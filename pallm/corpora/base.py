@@ -78,6 +78,8 @@ class CorpusAdapter:
     #: the licence as a Hugging Face card identifier (`cc-by-nc-sa-4.0`, `other`, ...)
     license_id: str = "other"
     synthetic: bool = False
+    #: each file holds one speaker (no diarization needed); a manifest may list whole conversations
+    one_speaker_per_file: bool = True
     #: whether the path names a file (a manifest) rather than a folder
     path_is_file: bool = False
     #: where the corpus lives when no path is given (only corpora the project makes itself)

@@ -257,4 +257,5 @@ ADAPTER = CorpusAdapter(
         "gender), labelled with the unified emotion words."
     ),
     path_is_file=True,
+    one_speaker_per_file=False,
 )

@@ -114,3 +114,96 @@ def _environment(resolved: str) -> dict[str, str]:
     else:
         env["model_hub"] = resolved
     return env
+
+
+DIARIZE_VERSION = "1"
+DIARIZE_WRITES = (
+    "id", "speaker_id", "start_s", "end_s", "audio", "duration_s", "level_rms_dbfs", "level_peak_dbfs",
+    "active_fraction", "transcript", "transcript_ref", "words", "asr_confidence", "asr_wer",
+)  # fmt: skip
+
+
+class DiarizeStep:
+    """Cut recordings of several speakers at speaker turns: one row per turn, with its own audio and words.
+
+    The recording is transcribed whole first (Whisper hears the context); pyannote then finds the turns
+    and each word goes to the turn it overlaps most (`cut_at_turns`). Rows of corpora recorded one
+    speaker per file pass through unchanged.
+    """
+
+    def __init__(self, config: SpeechConfig, diarized: frozenset[str]) -> None:
+        self.config = config
+        self.diarized = diarized
+        self._lock = threading.Lock()
+        self._diarizer: Any = None
+
+    def diarizer(self) -> Any:
+        import os
+
+        from pallm.speech.diarize import load_diarizer
+
+        with self._lock:
+            if self._diarizer is None:
+                token = os.environ.get(self.config.hf_token_env)
+                self._diarizer = load_diarizer(self.config.diarize_model or "", token=token, device=self.config.device)
+            return self._diarizer
+
+    def __call__(self, rows: list[Row]) -> list[Any]:
+        return [self._turns(r) if r["corpus"] in self.diarized and r["words"] else [_keep(r)] for r in rows]
+
+    def _turns(self, row: Row) -> list[Row]:
+        from pallm.audio.levels import measure
+        from pallm.audio.stage import encode_wav
+        from pallm.schema import SAMPLE_RATE
+        from pallm.speech.diarize import cut_at_turns, speaker_turns
+        from pallm.speech.words import Word
+
+        audio = sf.read(io.BytesIO(row["audio"]["bytes"]), dtype="float32")[0]
+        turns = speaker_turns(self.diarizer(), audio, min_speakers=self.config.min_speakers,
+                              max_speakers=self.config.max_speakers)  # fmt: skip
+        parts = cut_at_turns([Word(**w) for w in row["words"]], turns)
+        if not parts:
+            return [_keep(row)]
+        out = []
+        duration = len(audio) / SAMPLE_RATE
+        for turn, words in parts:
+            start = max(0.0, min(turn.start, words[0].start))
+            end = min(duration, max(turn.end, words[-1].end))
+            cut = audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
+            levels = measure(cut, SAMPLE_RATE)
+            shifted = [Word(w.word, round(w.start - start, 3), round(w.end - start, 3), w.probability) for w in words]
+            offset = row["start_s"] or 0.0
+            out.append({
+                "id": f"{row['id']}@{round(start * 1000):07d}",  # stable: the turn's start in ms
+                "speaker_id": f"{row['speaker_id']}/{turn.speaker}",
+                "start_s": offset + start,
+                "end_s": offset + end,
+                "audio": {"bytes": encode_wav(cut), "path": row["audio"]["path"]},
+                "duration_s": len(cut) / SAMPLE_RATE,
+                "level_rms_dbfs": levels.rms_dbfs,
+                "level_peak_dbfs": levels.peak_dbfs,
+                "active_fraction": levels.active_fraction,
+                "transcript": " ".join(w.word for w in shifted),
+                "transcript_ref": None,  # the reference covers the whole recording, not one turn
+                "words": [w.as_dict() for w in shifted],
+                "asr_confidence": float(np.mean([w.probability for w in shifted])),
+                "asr_wer": None,
+            })  # fmt: skip
+        return out
+
+
+def _keep(row: Row) -> Row:
+    return {c: row[c] for c in DIARIZE_WRITES}
+
+
+def diarize_stage(config: SpeechConfig, diarized: frozenset[str]) -> Stage:
+    """The diarization stage for the corpora in `diarized` (recordings that may hold several speakers)."""
+    return Stage(
+        name="diarize",
+        version=DIARIZE_VERSION,
+        reads=("corpus", "flags", *DIARIZE_WRITES),
+        writes=DIARIZE_WRITES,
+        process=DiarizeStep(config, diarized),
+        config=config,
+        expands=True,
+    )
