@@ -54,8 +54,7 @@ def build_dataset(
 
     from pallm.config import BuildConfig, CorpusSpec
     from pallm.corpora import CorpusError
-    from pallm.pipeline import check_output, resolve_corpus
-    from pallm.speech.models import resolve_asr_model
+    from pallm.pipeline import build_stages, check_output, resolve_corpus
 
     try:
         cfg = BuildConfig.load(
@@ -64,8 +63,7 @@ def build_dataset(
         )  # fmt: skip
         for spec in cfg.corpora:  # fail before Prefect starts
             resolve_corpus(spec)
-        if cfg.asr != "none":
-            resolve_asr_model(cfg.asr)
+        build_stages(cfg)  # model folders: a missing or incomplete one is named now
         check_output(cfg.out)
     except ValidationError as e:
         _fail("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()))

@@ -500,7 +500,10 @@ def finalize(
             "code_version": plan.code_version,
             "config": plan.config.model_dump(mode="json"),
             "config_hash": plan.config.fingerprint(),
-            "stages": {s.name: {"version": s.version, "fingerprint": s.fingerprint()} for s in plan.stages},
+            "stages": {
+                s.name: {"version": s.version, "fingerprint": s.fingerprint()}
+                for s in [*plan.stages, *describe_stages(plan.config, {})]
+            },
             "corpus_roots": plan.corpus_roots,
             "run_id": run_id,
             "rows": sum(r.rows for r in results),

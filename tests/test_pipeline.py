@@ -243,3 +243,30 @@ def test_quarantine_reasons_group_by_kind(a: str, b: str) -> None:
     from pallm.cards import reason_kind
 
     assert reason_kind(a) == reason_kind(b) and reason_kind(a) != reason_kind("empty file (0 bytes)")
+
+
+def test_a_new_clip_re_describes_its_speakers_chunks_without_re_measuring_others(
+    ravdess16k: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "corpus"
+    for actor in ("Actor_01", "Actor_02"):
+        (root / actor).mkdir(parents=True)
+        for src in sorted((ravdess16k / actor).glob("*.wav"))[:8]:
+            shutil.copy(src, root / actor / src.name)
+    out = tmp_path / "out"
+    build(config(root, out))
+    measured = {p.name: p.stat().st_mtime_ns for p in (out / ".pallm" / "measured").glob("*.parquet")}
+    z_before = {r["id"]: r["f0_mean_z"] for r in shard_rows(out, ["id", "f0_mean_z"])}
+    new = sorted((ravdess16k / "Actor_01").glob("*.wav"))[20]
+    shutil.copy(new, root / "Actor_01" / new.name)
+    _, second = build(config(root, out))
+    after = {p.name: p.stat().st_mtime_ns for p in (out / ".pallm" / "measured").glob("*.parquet")}
+    remeasured = [n for n in after if measured.get(n) != after[n]]
+    assert len(remeasured) == 1  # only the chunk that holds the new clip ran audio and cues again
+    for r in second:
+        redo = "ravdess/actor01" in r.speakers
+        assert r.cached is not redo, r.stem  # actor 1's statistics changed; actor 2's chunks stay cached
+    z_after = {r["id"]: r["f0_mean_z"] for r in shard_rows(out, ["id", "f0_mean_z"])}
+    assert set(z_after) == {*z_before, f"ravdess/{new.stem}"}
+    changed = {i for i in z_before if z_after[i] != z_before[i]}
+    assert changed and all(i in {f"ravdess/{p.stem}" for p in (root / "Actor_01").glob("*.wav")} for i in changed)

@@ -145,3 +145,21 @@ def test_whisper_base_meets_the_wer_target_on_real_ravdess(ravdess16k: Path) -> 
     result = base.transcribe([read(p) for p in paths])
     wers = [word_error_rate(reference(p), t.text) for p, t in zip(paths, result, strict=True)]
     assert np.mean(wers) <= 0.10, [(p.name, t.text) for p, t in zip(paths, result, strict=True)]
+
+
+def test_missing_aligner_or_diarizer_files_stop_the_build_before_any_work(tmp_path: Path) -> None:
+    from pallm.config import BuildConfig, CorpusSpec
+    from pallm.pipeline import build_stages
+
+    aligner = tmp_path / "aligner"
+    aligner.mkdir()
+    (aligner / "config.json").write_text("{}")
+    cfg = BuildConfig(asr="tiny.en", speech=SpeechConfig(align_model=str(aligner)))
+    with pytest.raises(FileNotFoundError, match=r"preprocessor_config\.json"):
+        build_stages(cfg)
+    manifest = [CorpusSpec(name="manifest", path=tmp_path / "list.csv")]
+    cfg = BuildConfig(asr="tiny.en", corpora=manifest, speech=SpeechConfig(diarize_model=str(tmp_path / "pipe")))
+    with pytest.raises(FileNotFoundError, match=r"config\.yaml"):
+        build_stages(cfg)
+    synthetic = BuildConfig(asr="tiny.en", speech=SpeechConfig(diarize_model=str(tmp_path / "pipe")))
+    assert [s.name for s in build_stages(synthetic)] == ["audio", "speech", "cues"]  # one speaker a file

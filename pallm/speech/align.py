@@ -59,7 +59,7 @@ def load_aligner(model: str, *, language: str = "en", device: str = "cpu") -> Al
     name = model
     if looks_like_path(model):
         folder = Path(model).expanduser()
-        _check_aligner_folder(folder)
+        check_aligner_folder(folder)
         name = str(folder)
     align_model, metadata = whisperx.load_align_model(language_code=language, device=device, model_name=name)
     return Aligner(model=align_model, metadata=metadata, name=name, language=language, device=device)
@@ -107,7 +107,8 @@ def align_words(aligner: Aligner, segments: Sequence[Mapping[str, Any]], audio: 
     return words
 
 
-def _check_aligner_folder(folder: Path) -> None:
+def check_aligner_folder(folder: Path) -> None:
+    """Raise FileNotFoundError naming the first file a local wav2vec2 aligner folder lacks."""
     if not folder.is_dir():
         raise FileNotFoundError(errno.ENOENT, "wav2vec2 aligner folder not found", str(folder))
     for name in ALIGNER_FILES:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pallm.speech.models import looks_like_path
 from pallm.speech.words import Turn, Word
 
 if TYPE_CHECKING:
@@ -39,17 +40,22 @@ def load_diarizer(model: str, *, token: str | None = None, device: str = "cpu") 
     """
     from whisperx.diarize import DiarizationPipeline
 
-    name = model
-    path = Path(model).expanduser()
-    if path.exists() or model.startswith(("/", ".", "~")) or path.suffix in (".yaml", ".yml"):
-        config = path / PIPELINE_CONFIG if path.is_dir() or path.suffix not in (".yaml", ".yml") else path
-        if not config.is_file():
-            raise FileNotFoundError(errno.ENOENT, "pyannote pipeline config not found", str(config))
-        name = str(config)
+    name = pipeline_source(model)
     # whisperx.diarize.DiarizationPipeline passes the name straight to pyannote's Pipeline.from_pretrained,
     # which reads a local config.yaml and resolves its "$model/..." entries next to it.
     pipeline = DiarizationPipeline(model_name=name, token=token, device=device)
     return Diarizer(pipeline=pipeline, name=name, device=device)
+
+
+def pipeline_source(model: str) -> str:
+    """The local config.yaml `model` names (checked to exist), or `model` itself when it is a hub name."""
+    path = Path(model).expanduser()
+    if looks_like_path(model) or path.suffix in (".yaml", ".yml"):
+        config = path / PIPELINE_CONFIG if path.is_dir() or path.suffix not in (".yaml", ".yml") else path
+        if not config.is_file():
+            raise FileNotFoundError(errno.ENOENT, "pyannote pipeline config not found", str(config))
+        return str(config)
+    return model
 
 
 def speaker_turns(

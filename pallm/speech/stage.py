@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ import soundfile as sf
 
 from pallm.config import SpeechConfig
 from pallm.corpora.base import ItemError
-from pallm.speech.models import resolve_asr_model
+from pallm.speech.models import looks_like_path, resolve_asr_model
 from pallm.speech.transcribe import Transcriber, Transcript, load_transcriber
 from pallm.speech.wer import word_error_rate
 from pallm.stages import Row, Stage
@@ -87,8 +88,12 @@ class SpeechStep:
 
 
 def speech_stage(model: str, config: SpeechConfig) -> Stage:
-    """The speech stage for `--asr MODEL`; a local model folder is checked here, before any work."""
+    """The speech stage for `--asr MODEL`; local model folders are checked here, before any work."""
     resolved = resolve_asr_model(model)
+    if config.align_model and looks_like_path(config.align_model):
+        from pallm.speech.align import check_aligner_folder
+
+        check_aligner_folder(Path(config.align_model).expanduser())
     return Stage(
         name="speech",
         version=VERSION,
@@ -104,7 +109,6 @@ def speech_stage(model: str, config: SpeechConfig) -> Stage:
 def _environment(resolved: str) -> dict[str, str]:
     """What identifies the model's weights and the decoders, so new weights re-run the stage."""
     from importlib.metadata import version
-    from pathlib import Path
 
     env = {p: version(p) for p in ("whisperx", "faster-whisper", "ctranslate2")}
     model_bin = Path(resolved) / "model.bin"
@@ -198,6 +202,9 @@ def _keep(row: Row) -> Row:
 
 def diarize_stage(config: SpeechConfig, diarized: frozenset[str]) -> Stage:
     """The diarization stage for the corpora in `diarized` (recordings that may hold several speakers)."""
+    from pallm.speech.diarize import pipeline_source
+
+    pipeline_source(config.diarize_model or "")  # a missing local config.yaml stops the build here
     return Stage(
         name="diarize",
         version=DIARIZE_VERSION,
