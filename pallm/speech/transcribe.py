@@ -46,12 +46,9 @@ class Transcriber:
     """A loaded whisperx pipeline plus the options to decode with; build one with `load_transcriber`."""
 
     def __init__(self, pipeline: Any, config: SpeechConfig) -> None:
-        from faster_whisper.transcribe import BatchedInferencePipeline
-
         self.pipeline = pipeline
         self.config = config
         self.model = pipeline.model
-        self.batched = BatchedInferencePipeline(self.model)
         # Pieces of different clips share a batch, so no prompt carries previous text; words are always timed.
         self.options = dataclasses.replace(
             pipeline.options,
@@ -111,6 +108,7 @@ class Transcriber:
         return results
 
     def _decode(self, windows: list[np.ndarray]) -> list[list[Word]]:
+        from faster_whisper.transcribe import BatchedInferencePipeline
         from whisperx.audio import N_SAMPLES, log_mel_spectrogram
 
         n_mels = self.model.feat_kwargs.get("feature_size") or 80
@@ -118,8 +116,8 @@ class Transcriber:
             [log_mel_spectrogram(w, n_mels=n_mels, padding=N_SAMPLES - len(w)).numpy() for w in windows]
         )
         meta = [{"offset": 0.0, "duration": len(w) / SAMPLE_RATE} for w in windows]
-        self.batched.last_speech_timestamp = 0.0
-        segmented = self.batched.forward(features, self.tokenizer, meta, self.options)
+        # A fresh pipeline object per call: it keeps the last speech time as state, and chunk threads share us.
+        segmented = BatchedInferencePipeline(self.model).forward(features, self.tokenizer, meta, self.options)
         return [
             [
                 Word(w["word"], float(w["start"]), float(w["end"]), float(w["probability"]))
