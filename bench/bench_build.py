@@ -215,46 +215,9 @@ def main() -> None:
                     ),
                 )
             )
-            rows.append(
-                (
-                    "cli: build-dataset",
-                    "ravdess 1x",
-                    timed_cli(
-                        [
-                            "build-dataset",
-                            "--corpus",
-                            f"ravdess={a.corpus}",
-                            "--out",
-                            str(tmp / "cli"),
-                            "--asr",
-                            "none",
-                            *w,
-                            *cards,
-                        ],
-                        env,
-                    ),
-                )
-            )
-            rows.append(
-                (
-                    "cli: rerun, nothing changed",
-                    "ravdess 1x",
-                    timed_cli(
-                        [
-                            "build-dataset",
-                            "--corpus",
-                            f"ravdess={a.corpus}",
-                            "--out",
-                            str(tmp / "cli"),
-                            "--asr",
-                            "none",
-                            *w,
-                            *cards,
-                        ],
-                        env,
-                    ),
-                )
-            )
+            full = ["build-dataset", "--corpus", f"ravdess={a.corpus}", "--out", str(tmp / "cli"), "--asr", "none"]
+            rows.append(("cli: build-dataset", "ravdess 1x", timed_cli([*full, *w, *cards], env)))
+            rows.append(("cli: rerun, nothing changed", "ravdess 1x", timed_cli([*full, *w, *cards], env)))
         finally:
             server.terminate()
             server.wait(timeout=30)

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pallm.schema import SAMPLE_RATE
 from pallm.speech.models import looks_like_path
 from pallm.speech.words import Word
 
 if TYPE_CHECKING:
     import torch
 
-SAMPLE_RATE = 16000  # whisperx.audio.SAMPLE_RATE; every audio array here is float32 mono at this rate
 
 # What Wav2Vec2Processor + Wav2Vec2ForCTC.from_pretrained need from a local folder.
 ALIGNER_FILES = ("config.json", "preprocessor_config.json", "vocab.json")

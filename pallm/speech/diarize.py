@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pallm.schema import SAMPLE_RATE
 from pallm.speech.models import looks_like_path
 from pallm.speech.words import Turn, Word
 
 if TYPE_CHECKING:
     from whisperx.diarize import DiarizationPipeline
 
-SAMPLE_RATE = 16000  # whisperx.audio.SAMPLE_RATE: whisperx hands the array to pyannote at this rate
 PIPELINE_CONFIG = "config.yaml"  # pyannote's AssetFileName.Pipeline
 
 
