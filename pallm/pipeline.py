@@ -47,6 +47,7 @@ from pallm.cues import normalize
 from pallm.cues.normalize import SpeakerNorms
 from pallm.cues.stage import describe_stage
 from pallm.labels import LABEL_MAP_VERSION
+from pallm.lexical import LexicalProbe, lexical_stage
 from pallm.schema import COLUMN_NAMES, QUARANTINE_SCHEMA, SCHEMA_VERSION, validate_row
 from pallm.shards import (
     TMP_PREFIX,
@@ -142,9 +143,29 @@ def build_stages(config: BuildConfig) -> list[Stage]:
     return stages
 
 
-def describe_stages(config: BuildConfig, norms: SpeakerNorms) -> list[Stage]:
-    """The describing stages, bound to the build's speaker statistics."""
-    return [describe_stage(norms, with_words=config.asr != "none")]
+def describe_stages(config: BuildConfig, norms: SpeakerNorms, probe: LexicalProbe | None = None) -> list[Stage]:
+    """The describing stages, bound to the build's speaker statistics and lexical probe."""
+    with_words = config.asr != "none"
+    stages = [describe_stage(norms, with_words=with_words), lexical_stage(probe or {}, config.teacher.lexical_min_p)]
+    if config.teacher.backend != "none":
+        from pallm.teacher.stage import teacher_stage
+
+        stages.append(teacher_stage(config.teacher, teacher_cache(config), with_words=with_words))
+    return stages
+
+
+def teacher_cache(config: BuildConfig) -> Path:
+    """Where the teacher's answers are cached: teacher.cache, else inside the dataset folder."""
+    assert config.out is not None
+    return config.teacher.cache or config.out / STATE_DIR / "teacher.sqlite"
+
+
+def close_stages(stages: Sequence[Stage]) -> None:
+    """Release what stages opened on first use (the teacher's client and cache)."""
+    for s in stages:
+        close = getattr(s.process, "close", None)
+        if callable(close):
+            close()
 
 
 def code_version() -> str:
@@ -350,25 +371,55 @@ def speaker_norms(out: Path, measured: Sequence[ChunkResult]) -> SpeakerNorms:
     return normalize.speaker_norms(pq.read_table(out / s.path, columns=columns) for r in measured for s in r.shards)
 
 
-def describe_key(measured: ChunkResult, stages: Sequence[Stage], norms: SpeakerNorms) -> str:
-    """Cache key of a chunk's describing pass: its measured rows, the stages, its speakers' statistics."""
+def lexical_probe(out: Path, measured: Sequence[ChunkResult]) -> LexicalProbe:
+    """The words-only probe over every measured chunk (only ids, labels and text are read)."""
+    from pallm import lexical
+
+    def tables() -> Iterator[pa.Table]:
+        for r in measured:
+            for s in r.shards:
+                names = set(pq.read_schema(out / s.path).names)
+                columns = ["id", "corpus", "speaker_id", "emotion", "transcript_ref"]
+                yield pq.read_table(out / s.path, columns=columns + (["transcript"] if "transcript" in names else []))
+
+    return lexical.probe(tables())
+
+
+def describe_key(
+    measured: ChunkResult, stages: Sequence[Stage], norms: SpeakerNorms, probe: LexicalProbe | None = None
+) -> str:
+    """Cache key of a chunk's describing pass: its measured rows, the stages, its speakers' statistics
+    and its corpus's lexical probe."""
+    corpus_probe = (probe or {}).get(measured.corpus)
     return _hash({"measured": measured.key, "stages": [s.fingerprint() for s in stages],
-                  "norms": normalize.digest(norms, measured.speakers)})  # fmt: skip
+                  "norms": normalize.digest(norms, measured.speakers),
+                  "lexical": corpus_probe.digest() if corpus_probe else None})  # fmt: skip
+
+
+#: Items a stage of this name quarantined are retried when the chunk runs again (an endpoint may
+#: have recovered); the answers they did get are cached, so the retry asks only for the rest.
+RETRIED_STAGES = ("teacher",)
 
 
 def describe_chunk(
-    measured: ChunkResult, stages: Sequence[Stage], norms: SpeakerNorms, out: Path, config: BuildConfig
+    measured: ChunkResult,
+    stages: Sequence[Stage],
+    norms: SpeakerNorms,
+    out: Path,
+    config: BuildConfig,
+    probe: LexicalProbe | None = None,
 ) -> ChunkResult:
     """The describing pass over one measured chunk, unless cached: its shards in data/."""
-    key = describe_key(measured, stages, norms)
+    key = describe_key(measured, stages, norms, probe)
     cached = _cached(out, RECORDS_DIR, measured.stem, key)
-    if cached is not None:
+    if cached is not None and not any(q.stage in RETRIED_STAGES for q in cached.quarantined):
         return cached
     quarantined = list(measured.quarantined)
+    batch_size = max(config.shards.row_group_rows, *(s.batch_size for s in stages))
 
     def described() -> Iterator[Row]:
         for info in measured.shards:
-            for batch in pq.ParquetFile(out / info.path).iter_batches(batch_size=config.shards.row_group_rows):
+            for batch in pq.ParquetFile(out / info.path).iter_batches(batch_size=batch_size):
                 done, bad = run_stages(batch.to_pylist(), stages)
                 quarantined.extend(bad)
                 for r in done:
@@ -394,8 +445,12 @@ def run_chunks(plan: Plan, out: Path, mapper: Callable[..., Iterable[Any]] = map
     """Both passes over every chunk with the given `map` (the built-in one, or a thread pool's)."""
     measured = list(mapper(lambda c: measure_chunk(c, plan.stages, out, plan.config), plan.chunks))
     norms = speaker_norms(out, measured)
-    stages = describe_stages(plan.config, norms)
-    return list(mapper(lambda m: describe_chunk(m, stages, norms, out, plan.config), measured))
+    probe = lexical_probe(out, measured)
+    stages = describe_stages(plan.config, norms, probe)
+    try:
+        return list(mapper(lambda m: describe_chunk(m, stages, norms, out, plan.config, probe), measured))
+    finally:
+        close_stages(stages)
 
 
 def read_manifest(out: Path) -> dict[str, Any]:
@@ -403,14 +458,21 @@ def read_manifest(out: Path) -> dict[str, Any]:
     return json.loads((out / "manifest.json").read_text())
 
 
-def is_finalized(plan: Plan, out: Path) -> bool:
-    """Whether the dataset folder already holds exactly this build (same build key, files intact)."""
+def is_finalized(plan: Plan, out: Path, results: Sequence[ChunkResult] | None = None) -> bool:
+    """Whether the dataset folder already holds exactly this build (same build key, files intact) and,
+    given the chunk results, exactly their shards and quarantined items (a retried item may have changed)."""
     try:
         manifest = read_manifest(out)
     except (OSError, ValueError):
         return False
     if manifest.get("build_key") != plan.build_key or not (out / "README.md").is_file():
         return False
+    if results is not None:
+        shards = sorted((s.path, s.sha256) for r in results for s in r.shards)
+        if shards != sorted((s["path"], s["sha256"]) for s in manifest.get("shards", [])):
+            return False
+        if manifest.get("quarantined") != len(plan.quarantined) + sum(len(r.quarantined) for r in results):
+            return False
     return all((out / s["path"]).is_file() for s in manifest.get("shards", []))
 
 
@@ -484,7 +546,7 @@ def finalize(
     from pallm import cards
 
     results = sorted(results, key=lambda r: r.stem)
-    unchanged = is_finalized(plan, out)
+    unchanged = is_finalized(plan, out, results)
     if unchanged:
         manifest = read_manifest(out)
         card = (out / "README.md").read_text(encoding="utf-8")
@@ -520,7 +582,7 @@ def finalize(
 
 
 __all__ = [
-    "Chunk", "ChunkResult", "CorpusError", "ItemError", "Plan", "build_stages", "cached_result",
-    "check_output", "describe_chunk", "describe_stages", "finalize", "is_finalized", "measure_chunk", "plan",
-    "prepare_output", "run_chunks", "speaker_norms",
+    "Chunk", "ChunkResult", "CorpusError", "ItemError", "Plan", "build_stages", "cached_result", "check_output",
+    "close_stages", "describe_chunk", "describe_stages", "finalize", "is_finalized", "lexical_probe",
+    "measure_chunk", "plan", "prepare_output", "run_chunks", "speaker_norms",
 ]  # fmt: skip

@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SAMPLE_RATE = 16_000
 
 AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -26,6 +26,14 @@ WORD_CUES_TYPE = pa.list_(
     )
 )
 FLAGS_TYPE = pa.list_(pa.string())
+TEACHER_TYPE = pa.struct(
+    [("backend", pa.string()), ("model", pa.string()), ("prompt_version", pa.string()),
+     ("prompt_tokens", pa.int32()), ("completion_tokens", pa.int32())]
+)  # fmt: skip
+CHECKS_TYPE = pa.struct(
+    [("grounded", pa.bool_()), ("agrees", pa.bool_()), ("well_formed", pa.bool_()),
+     ("unsupported_cues", FLAGS_TYPE), ("problems", FLAGS_TYPE)]
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,17 @@ COLUMNS: tuple[Column, ...] = (
     Column("energy_range_z", pa.float32(), True, "energy range against the speaker's utterances (z-score)"),
     Column("speech_rate_z", pa.float32(), True, "speaking rate (syllables/s) against the speaker's utterances"),
     Column("cue_words", FLAGS_TYPE, True, "the measured cues in words a teacher can use: 'pitch: high', ..."),
+    # Lexical-shortcut probe: a words-only classifier, cross-validated across speakers.
+    Column("words_only_p", pa.float32(), True, "probability the words-only probe gives the gold emotion (out of fold)"),
+    Column("words_only_label", pa.string(), True, "the emotion the words-only probe picks (out of fold)"),
+    # Teacher: training targets, and the checks on them.
+    Column("rationale", pa.string(), True, "chain-of-thought from the measured cues to the gold label"),
+    Column("cited_cues", FLAGS_TYPE, True, "the cue phrases the rationale relies on (checked against cue_words)"),
+    Column("teacher_label", pa.string(), True, "the teacher's own emotion label, judged without the gold label"),
+    Column("reply", pa.string(), True, "a reply to the speaker that fits their tone"),
+    Column("words_only_reply", pa.string(), True, "the reply one would give reading the transcript alone"),
+    Column("teacher", TEACHER_TYPE, True, "backend, model, prompt versions and token usage of the answers"),
+    Column("checks", CHECKS_TYPE, True, "grounded, agrees (teacher_label = emotion), well_formed; what failed"),
     Column("schema_version", pa.int32(), False, "version of this schema"),
 )
 

@@ -1,0 +1,74 @@
+"""What each teacher task must answer: pydantic models, and the JSON schemas sent to the server."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pallm.labels import SENTIMENTS
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+
+class Understanding(_Answer):
+    rationale: str = Field(min_length=1)
+    cited_cues: list[str] = Field(max_length=12)
+    emotion: str
+    sentiment: str
+
+
+class Judgement(_Answer):
+    emotion: str
+    sentiment: str
+
+
+class Reply(_Answer):
+    reply: str = Field(min_length=1)
+
+
+ANSWERS: dict[str, type[_Answer]] = {
+    "understand": Understanding,
+    "judge": Judgement,
+    "reply": Reply,
+    "words_only": Reply,
+}
+
+
+class MalformedAnswer(ValueError):
+    """An answer that is not the JSON object its task asks for."""
+
+
+def json_schema(task: str, emotions: Sequence[str]) -> dict[str, Any]:
+    """The JSON schema of a task's answer; the judgement's labels are restricted to `emotions`."""
+    schema = ANSWERS[task].model_json_schema()
+    schema.pop("title", None)
+    schema["additionalProperties"] = False
+    props = schema["properties"]
+    for p in props.values():
+        p.pop("title", None)
+    if task == "judge":
+        props["emotion"]["enum"] = list(emotions)
+        props["sentiment"]["enum"] = list(SENTIMENTS)
+    return schema
+
+
+def parse(task: str, data: Any, emotions: Sequence[str]) -> dict[str, Any]:
+    """Validate a decoded answer; MalformedAnswer says what is wrong with it."""
+    try:
+        answer = ANSWERS[task].model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'answer'}: {x['msg']}" for x in e.errors())
+        raise MalformedAnswer(f"answer fails the schema: {problems}") from None
+    out = answer.model_dump()
+    if task == "judge":
+        out["emotion"] = out["emotion"].lower()
+        out["sentiment"] = out["sentiment"].lower()
+        if out["emotion"] not in emotions:
+            raise MalformedAnswer(f"answer fails the schema: emotion {out['emotion']!r} is not one of {list(emotions)}")
+        if out["sentiment"] not in SENTIMENTS:
+            raise MalformedAnswer(f"answer fails the schema: sentiment {out['sentiment']!r} is not one of {SENTIMENTS}")
+    return out

@@ -1,0 +1,208 @@
+"""The teacher stage: four answers per utterance, checked, as the dataset's training targets.
+
+For each row it asks the understanding, blind-judgement, reply and words-only-reply prompts (or
+writes them with the rules teacher), checks the answers and writes `rationale`, `cited_cues`,
+`teacher_label`, `reply`, `words_only_reply`, `teacher` and `checks`, adding a review flag per
+failed check. A row whose request still fails after the retry budget is quarantined with the last
+error; the answers it did get stay in the cache, so a rerun asks only for what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from pallm.config import TeacherConfig
+from pallm.corpora.base import ItemError
+from pallm.cues.grounding import GROUNDING_VERSION
+from pallm.labels import corpus_emotions
+from pallm.lexical import text_of
+from pallm.stages import Row, Stage
+from pallm.teacher import rules
+from pallm.teacher.answers import json_schema
+from pallm.teacher.cache import Answer, AnswerCache, request_key
+from pallm.teacher.checks import check_answers, review_flags
+from pallm.teacher.client import Request, Stats, TeacherClient
+from pallm.teacher.prompts import PROMPTS_DIR, TASKS, PromptTemplate, templates
+
+VERSION = "1"
+COLUMNS = ("rationale", "cited_cues", "teacher_label", "reply", "words_only_reply", "teacher", "checks")
+T = TypeVar("T")
+
+
+class TeacherIdentity(BaseModel):
+    """What decides the answers, for the stage fingerprint: backend, model, prompts, sampling."""
+
+    backend: str
+    model: str
+    prompts: list[str]
+    sampling: dict[str, Any]
+
+
+def evidence(row: Row) -> dict[str, Any]:
+    """What the prompts see of a row."""
+    emotions = corpus_emotions(row["corpus"])
+    return {
+        "transcript": text_of(row),
+        "cue_words": list(row.get("cue_words") or []),
+        "emotion": row["emotion"],
+        "sentiment": row.get("sentiment") or "unspecified",
+        "emotions": emotions if row["emotion"] in emotions or row["emotion"] in ("other", "unknown")
+        else (*emotions, row["emotion"]),
+    }  # fmt: skip
+
+
+class TeacherStep:
+    """The stage's work. The client, its event-loop thread and the cache are made on first use and
+    shared by every thread that runs chunks, so the concurrency bound holds for the whole build."""
+
+    def __init__(self, cfg: TeacherConfig, model: str, cache_path: Path) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.cache_path = cache_path
+        self.templates: dict[str, PromptTemplate] = templates(cfg.prompts or PROMPTS_DIR)
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: TeacherClient | None = None
+
+    @property
+    def prompt_version(self) -> str:
+        if self.cfg.backend == "rules":
+            return f"rules@{rules.RULES_VERSION}"
+        return " ".join(self.templates[t].tag for t in TASKS)
+
+    @property
+    def stats(self) -> Stats:
+        return self._client.stats if self._client else Stats()
+
+    def __call__(self, rows: list[Row]) -> list[Row | ItemError]:
+        if self.cfg.backend == "rules":
+            answers = [self._rules(r) for r in rows]
+        else:
+            answers = self._ask(rows)
+        return [a if isinstance(a, ItemError) else self._columns(r, a) for r, a in zip(rows, answers, strict=True)]
+
+    def requests(self, row: Row) -> list[Request]:
+        """The four requests for a row, each with its cache key."""
+        ev = evidence(row)
+        out = []
+        for task in TASKS:
+            tpl = self.templates[task]
+            messages = tpl.messages(**ev)
+            schema = json_schema(task, ev["emotions"])
+            key = request_key(task, tpl.version, self.model, self.cfg.sampling(), schema, messages)
+            out.append(Request(task, tpl.version, messages, schema, tuple(ev["emotions"]), tpl.max_tokens, key))
+        return out
+
+    def _ask(self, rows: list[Row]) -> list[tuple[dict[str, Answer], None] | ItemError]:
+        per_row = [self.requests(r) for r in rows]
+        flat = [q for qs in per_row for q in qs]
+        client = self._ensure_client()
+        results = self._run(client.ask_all(flat))
+        out: list[Any] = []
+        for i, qs in enumerate(per_row):
+            got = results[i * len(TASKS) : (i + 1) * len(TASKS)]
+            errors = [g for g in got if isinstance(g, str)]
+            if errors:
+                out.append(ItemError(f"teacher failed after {self.cfg.retries + 1} tries: {errors[-1]}"))
+            else:
+                out.append({q.task: g for q, g in zip(qs, got, strict=True)})
+        return out
+
+    def _rules(self, row: Row) -> dict[str, Answer]:
+        ev = evidence(row)
+        data = {
+            "understand": rules.understand(ev["transcript"], ev["cue_words"], row["emotion"], row.get("sentiment")),
+            "judge": rules.judge(ev["cue_words"], ev["emotions"]),
+            "reply": rules.reply(row["emotion"], row.get("sentiment")),
+            "words_only": rules.words_only(ev["transcript"]),
+        }
+        return {task: Answer(d, 0, 0) for task, d in data.items()}
+
+    def _columns(self, row: Row, answers: dict[str, Answer]) -> Row:
+        data = {task: a.data for task, a in answers.items()}
+        checks = check_answers(row, data)
+        flags = list(row.get("flags") or [])
+        flags += [f for f in review_flags(checks) if f not in flags]
+        return {
+            "rationale": data["understand"]["rationale"],
+            "cited_cues": data["understand"]["cited_cues"],
+            "teacher_label": data["judge"]["emotion"],
+            "reply": data["reply"]["reply"],
+            "words_only_reply": data["words_only"]["reply"],
+            "teacher": {
+                "backend": self.cfg.backend,
+                "model": self.model,
+                "prompt_version": self.prompt_version,
+                "prompt_tokens": sum(a.prompt_tokens for a in answers.values()),
+                "completion_tokens": sum(a.completion_tokens for a in answers.values()),
+            },
+            "checks": checks,
+            "flags": flags,
+        }
+
+    def _ensure_client(self) -> TeacherClient:
+        with self._lock:
+            if self._client is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="teacher-loop", daemon=True).start()
+                self._loop = loop
+                api_key = os.environ.get(self.cfg.api_key_env) or "not-needed"  # local servers want none
+                self._client = TeacherClient(
+                    self.cfg, base_url=self.cfg.base_url, model=self.model, api_key=api_key,
+                    cache=AnswerCache(self.cache_path),
+                )  # fmt: skip
+            return self._client
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def close(self) -> None:
+        """Close the client and the cache and stop the event loop (a later call starts them again)."""
+        with self._lock:
+            if self._client is None or self._loop is None:
+                return
+            client, loop = self._client, self._loop
+            self._client = self._loop = None
+        asyncio.run_coroutine_threadsafe(client.close(), loop).result()
+        client.cache.close()
+        loop.call_soon_threadsafe(loop.stop)
+
+
+def model_name(cfg: TeacherConfig) -> str:
+    """The model the answers come from, as it is recorded and cached."""
+    if cfg.backend == "rules":
+        return f"rules@{rules.RULES_VERSION}"
+    if cfg.backend == "local" and not cfg.model:
+        from pallm.teacher import local
+
+        return local.model_name(cfg)
+    assert cfg.model, "the openai backend needs a model"
+    return cfg.model
+
+
+def teacher_stage(cfg: TeacherConfig, cache_path: Path, *, with_words: bool) -> Stage:
+    """The teacher stage for this config; its answers are cached in `cache_path`."""
+    model = model_name(cfg)
+    step = TeacherStep(cfg, model, cache_path)
+    identity = TeacherIdentity(
+        backend=cfg.backend, model=model, prompts=step.prompt_version.split(),
+        sampling=cfg.sampling() if cfg.backend != "rules" else {},
+    )  # fmt: skip
+    return Stage(
+        name="teacher",
+        version=f"{VERSION}+grounding{GROUNDING_VERSION}",
+        reads=("id", "corpus", "emotion", "sentiment", "cue_words", "flags", "transcript_ref",
+               *(("transcript",) if with_words else ())),
+        writes=(*COLUMNS, "flags"),
+        process=step,
+        config=identity,
+        batch_size=max(16, 8 * cfg.concurrency),
+    )  # fmt: skip

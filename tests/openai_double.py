@@ -1,0 +1,174 @@
+"""A loopback server that speaks the OpenAI chat-completions protocol and injects faults on demand.
+
+The real local teacher (llama.cpp) cannot produce a 429 or a cut-off body when a test asks, so
+this double does: each request takes the next fault from `faults` (or from `fault_for`, by the
+task it asks), and answers validly otherwise. It records every request it receives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+FAULTS = ("500", "429", "hang", "cut", "bad_body", "invalid_json", "schema", "empty", "length")
+
+
+@dataclass
+class Seen:
+    """One request as received."""
+
+    task: str
+    key: str  # hash of the messages: the same question asked again has the same key
+    fault: str | None
+    status: int
+    format: str  # the response_format type asked for ("text" when none)
+    at: float  # time.monotonic() when received
+
+
+@dataclass
+class Double:
+    """The server's state: faults to inject and what it has seen."""
+
+    faults: deque[str] = field(default_factory=deque)
+    fault_for: Callable[[str, dict[str, Any]], str | None] | None = None
+    retry_after: str = "1"
+    hang_s: float = 30.0
+    delay_s: float = 0.0
+    refuse_json_schema: bool = False
+    seen: list[Seen] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    base_url: str = ""
+
+    def answered(self) -> list[Seen]:
+        return [s for s in self.seen if s.status == 200 and s.fault is None]
+
+
+def task_of(body: dict[str, Any]) -> str:
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        return fmt["json_schema"]["name"]
+    text = " ".join(m["content"] for m in body["messages"])
+    if '"rationale"' in text:
+        return "understand"
+    if "Which emotion" in text:
+        return "judge"
+    return "words_only" if "Someone wrote" in text else "reply"
+
+
+def answer_for(task: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A valid answer, built from the prompt the way a careful teacher would."""
+    user = body["messages"][-1]["content"]
+    cues = re.search(r"usual voice: (.*)\.\n", user)
+    cue_list = [c.strip() for c in cues.group(1).split(";")] if cues and "stand out" not in cues.group(1) else []
+    if task == "understand":
+        emotion = re.search(r"emotion is (\w+)", user).group(1)
+        sentiment = re.search(r"sentiment is (\w+)", user).group(1)
+        return {"rationale": f"The speaker's voice shows {', '.join(cue_list) or 'no marked cue'}, which fits "
+                             f"a {emotion} delivery rather than the neutral words.",
+                "cited_cues": cue_list[:2], "emotion": emotion, "sentiment": sentiment}  # fmt: skip
+    if task == "judge":
+        choices = re.search(r"Choose one of: (.*)\.\n", user).group(1).split(", ")
+        return {"emotion": choices[len(cue_list) % len(choices)], "sentiment": "neutral"}
+    return {"reply": "I hear you, and I'm glad you told me." if task == "reply" else "Thanks for letting me know."}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    double: Double
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._send(200, {"object": "list", "data": [{"id": "double", "object": "model", "owned_by": "tests"}]})
+
+    def do_POST(self) -> None:
+        d = self.double
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        task = task_of(body)
+        key = hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()[:16]
+        with d.lock:
+            fault = d.faults.popleft() if d.faults else (d.fault_for(task, body) if d.fault_for else None)
+        if d.refuse_json_schema and (body.get("response_format") or {}).get("type") == "json_schema":
+            fault = "refuse_schema"
+        status = {"500": 500, "429": 429, "refuse_schema": 400, "401": 401}.get(fault or "", 200)
+        fmt = (body.get("response_format") or {}).get("type", "text")
+        with d.lock:
+            d.seen.append(Seen(task, key, fault, status, fmt, time.monotonic()))
+        if d.delay_s:
+            time.sleep(d.delay_s)
+        if fault == "500":
+            return self._send(500, {"error": {"message": "internal error", "type": "server_error"}})
+        if fault == "429":
+            return self._send(429, {"error": {"message": "rate limited", "type": "rate_limit"}},
+                              {"Retry-After": d.retry_after})  # fmt: skip
+        if fault == "401":
+            return self._send(401, {"error": {"message": "Incorrect API key", "type": "invalid_request_error"}})
+        if fault == "refuse_schema":
+            return self._send(400, {"error": {"message": "response_format json_schema is not supported",
+                                              "type": "invalid_request_error"}})  # fmt: skip
+        if fault == "hang":
+            time.sleep(d.hang_s)
+            return None
+        if fault == "bad_body":
+            return self._send(200, b'{"id": "x", "choices": [{"mess')
+        if fault == "cut":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "4000")
+            self.end_headers()
+            self.wfile.write(b'{"id": "chatcmpl-1", "object": "chat.completion", "choices": [')
+            self.wfile.flush()
+            self.close_connection = True
+            return None
+        content = json.dumps(answer_for(task, body))
+        finish = "stop"
+        if fault == "invalid_json":
+            content = content[: len(content) // 2]
+        elif fault == "schema":
+            content = json.dumps({"answer": "no idea"})
+        elif fault == "empty":
+            content = ""
+        elif fault == "length":
+            content, finish = content[:20], "length"
+        self._send(200, {
+            "id": "chatcmpl-double", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+        })  # fmt: skip
+        return None
+
+
+@contextmanager
+def serve(double: Double | None = None) -> Iterator[Double]:
+    """Run the double on a free loopback port; yields it with `base_url` set."""
+    double = double or Double()
+    handler = type("Handler", (_Handler,), {"double": double})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    double.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        yield double
+    finally:
+        server.shutdown()
+        server.server_close()
