@@ -61,24 +61,24 @@ def task_of(body: dict[str, Any]) -> str:
         return "understand"
     if "Which emotion" in text:
         return "judge"
-    return "words_only" if "Someone wrote" in text else "reply"
+    return "words_only" if "Message:" in text else "reply"
 
 
 def answer_for(task: str, body: dict[str, Any]) -> dict[str, Any]:
     """A valid answer, built from the prompt the way a careful teacher would."""
     user = body["messages"][-1]["content"]
-    cues = re.search(r"usual voice: (.*)\.\n", user)
+    cues = re.search(r"Measured voice cues: (.*)\.", user)
     cue_list = [c.strip() for c in cues.group(1).split(";")] if cues and "stand out" not in cues.group(1) else []
     if task == "understand":
-        emotion = re.search(r"emotion is (\w+)", user).group(1)
-        sentiment = re.search(r"sentiment is (\w+)", user).group(1)
+        emotion = re.search(r"Emotion: (\w+)", user).group(1)
+        sentiment = re.search(r"Sentiment: (\w+)", user).group(1)
         return {"rationale": f"The speaker's voice shows {', '.join(cue_list) or 'no marked cue'}, which fits "
                              f"a {emotion} delivery rather than the neutral words.",
                 "cited_cues": cue_list[:2], "emotion": emotion, "sentiment": sentiment}  # fmt: skip
     if task == "judge":
         choices = re.search(r"Choose one of: (.*)\.\n", user).group(1).split(", ")
         return {"emotion": choices[len(cue_list) % len(choices)], "sentiment": "neutral"}
-    return {"reply": "I hear you, and I'm glad you told me." if task == "reply" else "Thanks for letting me know."}
+    return {"reply": "I hear you, and I'm glad you told me." if task == "reply" else "Good to know, thank you."}
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -11,7 +11,9 @@ claim is a cue phrase of the vocabulary (`pallm.cues.vocabulary`), such as "pitc
   utterance without a long pause, an emphasis on a word that was not emphasised), or a phrase
   outside the vocabulary.
 
-An answer is grounded when it cites at least one cue and every cited cue is supported.
+The claims are the cues an answer cites, plus those its free text makes in plain words ("her voice
+is loud", "he speaks slowly": `claims_in_text`, not negated). An answer is grounded when it
+cites at least one cue and every claim is supported.
 """
 
 from __future__ import annotations
@@ -25,9 +27,41 @@ GROUNDING_VERSION = "1"
 RULE = (
     "a cited cue is supported when the measured cue_words hold the same phrase; it is contradicted when the "
     "same cue was measured with another value, and unsupported when the measurement does not show it or it "
-    "is not a phrase of the vocabulary; an answer is grounded when it cites at least one cue and every cited "
-    "cue is supported"
+    "is not a phrase of the vocabulary; claims made in plain words in the rationale ('her voice is loud', "
+    "'he speaks slowly') count too; an answer is grounded when it cites at least one cue and every claim is "
+    "supported"
 )
+# Plain-word claims: the phrases a rationale uses for a cue value (lower-case text).
+_PITCH = r"(?:pitch|voice|tone)"
+TEXT_CLAIMS: dict[str, str] = {
+    "pitch: high": rf"\bhigh(?:er)?[- ]pitch(?:ed)?\b|\b{_PITCH} (?:is |was |sounds )?(?:very |quite )?(?:high|raised)\b"
+    r"|\braised pitch\b",
+    "pitch: low": rf"\blow(?:er)?[- ]pitch(?:ed)?\b|\b{_PITCH} (?:is |was |sounds )?(?:very |quite )?(?:low|lowered|deep)\b"
+    r"|\blowered pitch\b",
+    "loudness: loud": r"\b(?:loud|loudly|louder|shout\w*|yell\w*)\b",
+    "loudness: quiet": r"\b(?:quiet|quietly|softly|hushed)\b",
+    "rate: fast": r"\b(?:fast|quickly|rapid(?:ly)?|hurried(?:ly)?)\b",
+    "rate: slow": r"\b(?:slow|slowly)\b",
+    "pitch range: wide": r"\b(?:wide|varied|lively|animated) (?:pitch )?range\b",
+    "pitch range: narrow": r"\b(?:narrow|flat) (?:pitch )?range\b|\bmonoton\w*\b",
+    "pitch contour: rising": r"\brising (?:pitch|intonation|contour)\b|\bpitch rises\b",
+    "pitch contour: falling": r"\bfalling (?:pitch|intonation|contour)\b|\bpitch falls\b",
+    "pauses: long": r"\b(?:long|lengthy) pauses?\b",
+    "voice: whispered": r"\bwhisper\w*\b",
+}
+_NEGATION = re.compile(r"\b(?:not|no|never|isn't|wasn't|aren't|without|n't)\W+(?:\w+\W+){0,2}$")
+
+
+def claims_in_text(text: str) -> list[str]:
+    """The cue phrases a free text claims in plain words, skipping negated mentions ("not loud")."""
+    low = text.lower()
+    found = []
+    for cue, pattern in TEXT_CLAIMS.items():
+        for m in re.finditer(pattern, low):
+            if not _NEGATION.search(low[max(0, m.start() - 30) : m.start()]):
+                found.append(cue)
+                break
+    return found
 
 
 def normalize_cue(phrase: str) -> str:

@@ -67,6 +67,12 @@ def describe(row: dict[str, Any]) -> list[str]:
     return words
 
 
+def phrases() -> list[str]:
+    """Every cue phrase of the vocabulary but the per-word emphasis ones (which name a word)."""
+    out = [f"{s.cue}: {level}" for s in SCALES for level in (s.low, s.mid, s.high)]
+    return [*out, "pitch contour: rising", "pitch contour: falling", "pauses: long", "voice: whispered"]
+
+
 def rules() -> list[dict[str, str]]:
     """The vocabulary as a table for the data card."""
     out = [

@@ -42,8 +42,15 @@ class MalformedAnswer(ValueError):
     """An answer that is not the JSON object its task asks for."""
 
 
-def json_schema(task: str, emotions: Sequence[str]) -> dict[str, Any]:
-    """The JSON schema of a task's answer; the judgement's labels are restricted to `emotions`."""
+def json_schema(
+    task: str, emotions: Sequence[str], *, gold: tuple[str, str] | None = None, cues: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The JSON schema of a task's answer, with the choices a server that enforces schemas keeps to.
+
+    The judgement's labels are restricted to `emotions`; the rationale's label to the gold one and
+    its cited cues to `cues` (the vocabulary's phrases: a cue the audio lacks can still be cited,
+    which the grounding check catches, but not a phrase outside the vocabulary).
+    """
     schema = ANSWERS[task].model_json_schema()
     schema.pop("title", None)
     schema["additionalProperties"] = False
@@ -53,6 +60,13 @@ def json_schema(task: str, emotions: Sequence[str]) -> dict[str, Any]:
     if task == "judge":
         props["emotion"]["enum"] = list(emotions)
         props["sentiment"]["enum"] = list(SENTIMENTS)
+    if task == "understand":
+        if gold is not None:
+            props["emotion"]["enum"], props["sentiment"]["enum"] = [gold[0]], [gold[1]]
+        if cues:
+            props["cited_cues"]["items"]["enum"] = list(cues)
+        props["cited_cues"]["minItems"] = 1
+        props["rationale"]["maxLength"] = 600
     return schema
 
 

@@ -160,20 +160,21 @@ class TeacherClient:
             mode = self.mode
             try:
                 resp = await self._client.chat.completions.create(**self._arguments(req, attempt, mode))
-            except (openai.BadRequestError, openai.UnprocessableEntityError) as e:
-                if mode != "off" and _about_response_format(e) and len(self._modes) > 1 and self.mode == mode:
-                    self._modes.pop(0)  # the server does not take this kind of response_format: ask the next way
-                    log.warning("teacher endpoint refused %s output (%s); using %s", mode, _short(e), self.mode)
-                    continue
-                if mode != self.mode:
-                    continue  # another request changed the mode meanwhile
-                raise _ItemRefused(f"request refused: HTTP {e.status_code} {_short(e)}") from None
-            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
-                raise TeacherFatal(
-                    f"the teacher endpoint refused the request (HTTP {e.status_code}: {_short(e)}); "
-                    "check --teacher-base-url, --teacher-model and the API key variable"
-                ) from None
-            except openai.APIStatusError as e:  # 429, 5xx and the rest: worth another try
+            except openai.APIStatusError as e:
+                # Servers refuse an unknown response_format in different ways (llama.cpp: HTTP 500).
+                if mode != "off" and e.status_code != 429 and _about_response_format(e):
+                    if self.mode == mode and len(self._modes) > 1:
+                        self._modes.pop(0)  # ask the next way, for this request and every later one
+                        log.warning("teacher endpoint refused %s output (%s); using %s", mode, _short(e), self.mode)
+                    if self.mode != mode:
+                        continue
+                if isinstance(e, openai.BadRequestError | openai.UnprocessableEntityError):
+                    raise _ItemRefused(f"request refused: HTTP {e.status_code} {_short(e)}") from None
+                if isinstance(e, openai.AuthenticationError | openai.PermissionDeniedError | openai.NotFoundError):
+                    raise TeacherFatal(
+                        f"the teacher endpoint refused the request (HTTP {e.status_code}: {_short(e)}); "
+                        "check --teacher-base-url, --teacher-model and the API key variable"
+                    ) from None
                 raise _Retryable(f"HTTP {e.status_code} {_short(e)}", _retry_after(e.response)) from None
             except openai.APITimeoutError:
                 raise _Retryable(f"no answer within {self.cfg.timeout_s:g} s") from None
@@ -259,7 +260,7 @@ def _retry_after(response: Any) -> float | None:
 
 def _about_response_format(e: openai.APIStatusError) -> bool:
     text = f"{e.message} {e.body}".lower()
-    return any(w in text for w in ("response_format", "json_schema", "json schema", "schema", "grammar"))
+    return any(w in text for w in ("response_format", "json_schema", "grammar"))
 
 
 def _short(e: BaseException, limit: int = 200) -> str:

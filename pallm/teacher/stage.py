@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from pallm.config import TeacherConfig
 from pallm.corpora.base import ItemError
+from pallm.cues import vocabulary
 from pallm.cues.grounding import GROUNDING_VERSION
 from pallm.labels import corpus_emotions
 from pallm.lexical import text_of
@@ -48,9 +49,11 @@ class TeacherIdentity(BaseModel):
 def evidence(row: Row) -> dict[str, Any]:
     """What the prompts see of a row."""
     emotions = corpus_emotions(row["corpus"])
+    cue_words = list(row.get("cue_words") or [])
     return {
         "transcript": text_of(row),
-        "cue_words": list(row.get("cue_words") or []),
+        "cue_words": cue_words,
+        "cue_choices": [*vocabulary.phrases(), *(c for c in cue_words if c.startswith("emphasis on"))],
         "emotion": row["emotion"],
         "sentiment": row.get("sentiment") or "unspecified",
         "emotions": emotions if row["emotion"] in emotions or row["emotion"] in ("other", "unknown")
@@ -95,19 +98,21 @@ class TeacherStep:
         for task in TASKS:
             tpl = self.templates[task]
             messages = tpl.messages(**ev)
-            schema = json_schema(task, ev["emotions"])
+            schema = json_schema(task, ev["emotions"], gold=(row["emotion"], ev["sentiment"]), cues=ev["cue_choices"])
             key = request_key(task, tpl.version, self.model, self.cfg.sampling(), schema, messages)
             out.append(Request(task, tpl.version, messages, schema, tuple(ev["emotions"]), tpl.max_tokens, key))
         return out
 
     def _ask(self, rows: list[Row]) -> list[tuple[dict[str, Answer], None] | ItemError]:
         per_row = [self.requests(r) for r in rows]
-        flat = [q for qs in per_row for q in qs]
+        # Task by task, not row by row: consecutive requests then share their long prefix (system
+        # message and instructions), which servers such as llama.cpp reuse instead of re-reading.
+        flat = [qs[t] for t in range(len(TASKS)) for qs in per_row]
         client = self._ensure_client()
-        results = self._run(client.ask_all(flat))
+        answers = dict(zip((q.key for q in flat), self._run(client.ask_all(flat)), strict=False))
         out: list[Any] = []
-        for i, qs in enumerate(per_row):
-            got = results[i * len(TASKS) : (i + 1) * len(TASKS)]
+        for qs in per_row:
+            got = [answers[q.key] for q in qs]
             errors = [g for g in got if isinstance(g, str)]
             if errors:
                 out.append(ItemError(f"teacher failed after {self.cfg.retries + 1} tries: {errors[-1]}"))
@@ -127,7 +132,7 @@ class TeacherStep:
 
     def _columns(self, row: Row, answers: dict[str, Answer]) -> Row:
         data = {task: a.data for task, a in answers.items()}
-        checks = check_answers(row, data)
+        checks = check_answers(row, data, [t.system for t in self.templates.values()])
         flags = list(row.get("flags") or [])
         flags += [f for f in review_flags(checks) if f not in flags]
         return {
