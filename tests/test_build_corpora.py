@@ -32,6 +32,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cfg = BuildConfig(
         name="all",
         asr="none",
+        teacher="none",
         corpora=[
             CorpusSpec(name="iemocap", path=iemocap["root"]),
             CorpusSpec(name="expresso", path=expresso["root"]),

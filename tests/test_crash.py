@@ -35,7 +35,7 @@ def test_sigkill_at_random_points_then_rerun(prefect_server: dict[str, str], rav
     root = tmp_path / "corpus"
     expect = make_tree(ravdess16k, root, real_per_actor=12)
     config = tmp_path / "build.yaml"
-    config.write_text("name: crash\nasr: none\nshards:\n  chunk_rows: 6\n  row_group_rows: 2\n")
+    config.write_text("name: crash\nasr: none\nteacher: none\nshards:\n  chunk_rows: 6\n  row_group_rows: 2\n")
 
     reference = tmp_path / "reference"
     t = time.monotonic()

@@ -34,7 +34,7 @@ def corpus(ravdess16k: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def config(corpus: Path, out: Path, diarizer: Path | None) -> BuildConfig:
     speech = SpeechConfig(diarize_model=str(diarizer) if diarizer else None, min_speakers=2)
     return BuildConfig(name="talk", corpora=[CorpusSpec(name="manifest", path=corpus / "list.csv")], out=out,
-                       asr="tiny.en", speech=speech, workers=1)  # fmt: skip
+                       asr="tiny.en", teacher="none", speech=speech, workers=1)  # fmt: skip
 
 
 def test_recordings_are_cut_at_speaker_turns_without_losing_words(corpus: Path, tmp_path: Path) -> None:

@@ -33,9 +33,11 @@ def test_flow_builds_and_publishes_artifacts(prefect_env: dict[str, str], ravdes
         workers=2,
         cards_index=str(tmp_path / "cards"),
         asr="none",
+        teacher="rules",
     )
     assert summary["rows"] == len(expect["good"]) and summary["quarantined"] == 7 and summary["chunks_cached"] == 0
-    again = build_dataset(corpora=[f"ravdess={root}"], out=str(out), name="flowtest", workers=2, asr="none")
+    again = build_dataset(corpora=[f"ravdess={root}"], out=str(out), name="flowtest", workers=2, asr="none",
+                          teacher="rules")  # fmt: skip
     assert again["chunks_cached"] == again["chunks"] and again["version"] == summary["version"]
 
     with get_client(sync_client=True) as client:
@@ -116,9 +118,16 @@ def test_deployment_run_builds_a_dataset(prefect_server: dict[str, str], ravdess
         assert "Completed" in run.stdout
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["rows"] == 24 and manifest["name"] == "deployed" and manifest["run_id"]
-        # the deployment's default is the full pipeline: Whisper tiny.en and the cues ran on every clip
-        assert manifest["config"]["asr"] == "tiny.en"
-        assert set(manifest["stages"]) == {"audio", "speech", "cues", "describe"}
+        # the deployment's default is the full pipeline: Whisper tiny.en, the cues and the local LLM teacher
+        # (SmolLM2 behind llama-cpp-python's server, started and stopped by the flow) ran on every clip
+        assert manifest["config"]["asr"] == "tiny.en" and manifest["config"]["teacher"]["backend"] == "local"
+        assert set(manifest["stages"]) == {"audio", "speech", "cues", "describe", "lexical", "teacher"}
+        answered = shard_rows(out, ["rationale", "reply", "words_only_reply", "teacher", "checks"])
+        assert len(answered) + manifest["quarantined"] == 24
+        for r in answered:
+            assert r["rationale"] and r["reply"] and r["words_only_reply"] and r["checks"] is not None
+            assert r["teacher"]["model"].lower().startswith("smollm2") and r["teacher"]["completion_tokens"] > 0
+        assert "### Teacher: rationales and replies" in (out / "README.md").read_text()
         rows = shard_rows(out, ["transcript", "words", "asr_wer", "f0_mean_hz", "f0_mean_z", "cue_words"])
         assert all(r["transcript"] and r["words"] and r["f0_mean_hz"] for r in rows)
         # the first 24 ids are one or two clips per actor: too few for per-speaker z-scores, so none are made up
@@ -150,7 +159,7 @@ def test_prefect_yaml_deploys_to_a_process_pool_and_a_worker_runs_it(
     assert inspected.returncode == 0 and "pallm-process" in inspected.stdout
     out = tmp_path / "from-pool"
     queued = cli("deployment", "run", "build-dataset/default", "--param", f'corpora=["ravdess={ravdess16k}"]',
-                 "--param", f"out={out}", "--param", "limit=6", "--param", "name=pool",
+                 "--param", f"out={out}", "--param", "limit=6", "--param", "name=pool", "--param", "teacher=rules",
                  "--param", f"cards_index={tmp_path / 'cards'}")  # fmt: skip
     assert queued.returncode == 0, queued.stdout + queued.stderr
     worker = cli("worker", "start", "--pool", "pallm-process", "--run-once", timeout=300)
@@ -167,7 +176,7 @@ def test_cli_config_file_options_reach_the_build(
     out, cards = tmp_path / "out", tmp_path / "my-cards"
     config = tmp_path / "build.yaml"
     config.write_text(
-        f"name: fromfile\nout: {out}\ncards_index: {cards}\nasr: none\n"
+        f"name: fromfile\nout: {out}\ncards_index: {cards}\nasr: none\nteacher: none\n"
         f"corpora:\n  - {{name: ravdess, path: {root}, options: {{test_folds: [3], validation_folds: []}}}}\n"
     )
     proc = run_cli(["build-dataset", "--config", str(config)], prefect_server)

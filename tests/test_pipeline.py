@@ -30,7 +30,7 @@ def tree(ravdess16k: Path, tmp_path: Path) -> tuple[Path, dict]:
 def config(root: Path, out: Path, **kw: object) -> BuildConfig:
     return BuildConfig(
         name="t", corpora=[CorpusSpec(name="ravdess", path=root)], out=out,
-        shards=ShardConfig(chunk_rows=4), workers=2, **{"asr": "none", **kw},
+        shards=ShardConfig(chunk_rows=4), workers=2, **{"asr": "none", "teacher": "none", **kw},
     )  # fmt: skip
 
 
