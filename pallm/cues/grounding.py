@@ -32,12 +32,10 @@ RULE = (
     "supported"
 )
 # Plain-word claims: the phrases a rationale uses for a cue value (lower-case text).
-_PITCH = r"(?:pitch|voice|tone)"
+_PITCH_IS = r"\b(?:pitch|voice|tone) (?:is |was |sounds )?(?:very |quite )?"
 TEXT_CLAIMS: dict[str, str] = {
-    "pitch: high": rf"\bhigh(?:er)?[- ]pitch(?:ed)?\b|\b{_PITCH} (?:is |was |sounds )?(?:very |quite )?(?:high|raised)\b"
-    r"|\braised pitch\b",
-    "pitch: low": rf"\blow(?:er)?[- ]pitch(?:ed)?\b|\b{_PITCH} (?:is |was |sounds )?(?:very |quite )?(?:low|lowered|deep)\b"
-    r"|\blowered pitch\b",
+    "pitch: high": rf"\bhigh(?:er)?[- ]pitch(?:ed)?\b|{_PITCH_IS}(?:high|raised)\b|\braised pitch\b",
+    "pitch: low": rf"\blow(?:er)?[- ]pitch(?:ed)?\b|{_PITCH_IS}(?:low|lowered|deep)\b|\blowered pitch\b",
     "loudness: loud": r"\b(?:loud|loudly|louder|shout\w*|yell\w*)\b",
     "loudness: quiet": r"\b(?:quiet|quietly|softly|hushed)\b",
     "rate: fast": r"\b(?:fast|quickly|rapid(?:ly)?|hurried(?:ly)?)\b",
