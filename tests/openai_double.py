@@ -7,6 +7,7 @@ task it asks), and answers validly otherwise. It records every request it receiv
 
 from __future__ import annotations
 
+import email
 import hashlib
 import json
 import re
@@ -36,7 +37,7 @@ class Seen:
 
 @dataclass
 class Double:
-    """The server's state: faults to inject and what it has seen."""
+    """The server's state: faults to inject and what it has seen; files and batch jobs (Batch API)."""
 
     faults: deque[str] = field(default_factory=deque)
     fault_for: Callable[[str, dict[str, Any]], str | None] | None = None
@@ -47,9 +48,54 @@ class Double:
     seen: list[Seen] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     base_url: str = ""
+    files: dict[str, bytes] = field(default_factory=dict)
+    batches: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def answered(self) -> list[Seen]:
         return [s for s in self.seen if s.status == 200 and s.fault is None]
+
+    def upload(self, content_type: str, raw: bytes) -> dict[str, Any]:
+        """POST /v1/files: keep the uploaded file (multipart/form-data)."""
+        msg = email.message_from_bytes(f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
+        data = next(p.get_payload(decode=True) for p in msg.get_payload() if p.get_filename())
+        file_id = f"file-{len(self.files)}"
+        self.files[file_id] = data
+        return {"id": file_id, "object": "file", "bytes": len(data), "created_at": 0, "filename": "x",
+                "purpose": "batch", "status": "processed"}  # fmt: skip
+
+    def run_batch(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/batches: answer every line now (faults apply per line); the job shows as in progress."""
+        out = []
+        for line in self.files[spec["input_file_id"]].decode().splitlines():
+            item = json.loads(line)
+            body = item["body"]
+            task = task_of(body)
+            with self.lock:
+                fault = self.faults.popleft() if self.faults else (self.fault_for(task, body) if self.fault_for else None)
+                self.seen.append(Seen(task, _key(body), fault, 200, "batch", time.monotonic()))
+            content = json.dumps({"answer": "no idea"}) if fault else json.dumps(answer_for(task, body))
+            out.append({"id": f"r{len(out)}", "custom_id": item["custom_id"],
+                        "response": {"status_code": 200, "body": completion(body, content)}})  # fmt: skip
+        output_id = f"file-{len(self.files)}"
+        self.files[output_id] = "\n".join(map(json.dumps, out)).encode()
+        job = {"id": f"batch-{len(self.batches)}", "object": "batch", "endpoint": spec["endpoint"],
+               "input_file_id": spec["input_file_id"], "completion_window": "24h", "status": "in_progress",
+               "created_at": 0, "output_file_id": output_id}  # fmt: skip
+        self.batches[job["id"]] = job
+        return job
+
+
+def _key(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def completion(body: dict[str, Any], content: str, finish: str = "stop") -> dict[str, Any]:
+    """A chat.completion response body."""
+    return {
+        "id": "chatcmpl-double", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+    }  # fmt: skip
 
 
 def task_of(body: dict[str, Any]) -> str:
@@ -98,13 +144,31 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
-        self._send(200, {"object": "list", "data": [{"id": "double", "object": "model", "owned_by": "tests"}]})
+        d = self.double
+        if self.path.startswith("/v1/batches/"):
+            job = d.batches[self.path.rsplit("/", 1)[1]]
+            job["status"] = "completed"  # in progress at creation, done at the first look
+            return self._send(200, job)
+        if self.path.startswith("/v1/files/") and self.path.endswith("/content"):
+            data = d.files[self.path.split("/")[3]]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return None
+        return self._send(200, {"object": "list", "data": [{"id": "double", "object": "model", "owned_by": "t"}]})
 
     def do_POST(self) -> None:
         d = self.double
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        raw = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path == "/v1/files":
+            return self._send(200, d.upload(self.headers["Content-Type"], raw))
+        if self.path == "/v1/batches":
+            return self._send(200, d.run_batch(json.loads(raw)))
+        body = json.loads(raw)
         task = task_of(body)
-        key = hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()[:16]
+        key = _key(body)
         with d.lock:
             fault = d.faults.popleft() if d.faults else (d.fault_for(task, body) if d.fault_for else None)
         if d.refuse_json_schema and (body.get("response_format") or {}).get("type") == "json_schema":
@@ -149,11 +213,7 @@ class _Handler(BaseHTTPRequestHandler):
             content = ""
         elif fault == "length":
             content, finish = content[:20], "length"
-        self._send(200, {
-            "id": "chatcmpl-double", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
-        })  # fmt: skip
+        self._send(200, completion(body, content, finish))
         return None
 
 

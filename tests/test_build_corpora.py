@@ -108,3 +108,14 @@ def test_mixed_dataset_loads_with_datasets(built: dict) -> None:
     emphasised = [e for e in train["emphasis"] if e]
     assert emphasised and all({"index", "word"} == set(w) for e in emphasised for w in e)
     assert train.features["valence"].dtype == "float32"
+
+
+def test_lexical_probe_runs_per_corpus(built: dict) -> None:
+    card = (built["out"] / "README.md").read_text()
+    table = card.split("### Lexical shortcuts")[1].split("###")[0]
+    for corpus in ("expresso", "iemocap", "synthetic"):  # the corpora with text (references; no ASR here)
+        assert f"| {corpus} |" in table
+    rows = [r for r in shard_rows(built["out"]) if r["id"].startswith("synthetic/")]
+    # the same four sentences in every emotion: the words say nothing of the emotion
+    accuracy = sum(r["words_only_label"] == r["emotion"] for r in rows) / len(rows)
+    assert accuracy < 1 / 6 + 0.1 and not any("words_give_label" in r["flags"] for r in rows)

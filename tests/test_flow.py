@@ -78,10 +78,14 @@ def test_cli_builds_the_real_ravdess_clips(prefect_server: dict[str, str], ravde
         (["--corpus", "ravdes=/tmp"], "unknown corpus 'ravdes'"),
         (["--corpus", "manifest=/nonexistent.csv"], "does not exist"),
         (["--asr", "/nonexistent/whisper"], "ASR model folder /nonexistent/whisper does not exist"),
+        (["--teacher", "openai"], "teacher backend openai needs a model: --teacher-model NAME"),
+        (["--teacher", "openai", "--teacher-model", "gpt"], "needs an API key in $OPENAI_API_KEY"),
+        (["--teacher", "gpt"], "teacher.backend: Input should be 'none', 'rules', 'openai' or 'local'"),
     ],
 )
 def test_cli_stops_at_once_on_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
     env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}  # no server: must fail before Prefect
+    env.pop("OPENAI_API_KEY", None)
     start = time.monotonic()
     proc = run_cli(["build-dataset", "--out", str(tmp_path / "o"), *args], env)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr

@@ -132,3 +132,22 @@ def test_answers_survive_in_the_cache(corpus: tuple[Path, list[str]], tmp_path: 
         answered[s.task] = answered.get(s.task, 0) + 1
     assert tasks == answered and tasks["understand"] == len(ids)  # every answer received, each once
     assert tasks["words_only"] == 2  # the words-only reply depends on the words: two RAVDESS sentences
+
+
+def test_batch_api_answers_then_the_live_path_takes_the_rest(corpus: tuple[Path, list[str]], tmp_path: Path) -> None:
+    root, ids = corpus
+
+    def one_bad_batch_line(task: str, body: dict) -> str | None:
+        return "schema" if task == "judge" and "Dogs" in body["messages"][-1]["content"] else None
+
+    with serve(Double(fault_for=one_bad_batch_line)) as d:
+        final = build(root, tmp_path / "out", {**FAST, "base_url": d.base_url, "batch_api": True,
+                                               "batch_poll_s": 0.05, "price_input_per_mtok": 1.0,
+                                               "price_output_per_mtok": 2.0})  # fmt: skip
+    batched = [s for s in d.seen if s.format == "batch"]
+    live = [s for s in d.seen if s.format != "batch"]
+    assert batched and d.batches and all(j["status"] == "completed" for j in d.batches.values())
+    # the unusable batch answers (every Dogs judgement) were asked live, and failed there too
+    assert {s.task for s in live} == {"judge"} and all(s.fault == "schema" for s in live)
+    assert len(rows(tmp_path / "out")) == len(ids) - len(quarantined(tmp_path / "out")) > 0
+    assert "(Batch API: half price)" in final["card"]

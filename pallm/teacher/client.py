@@ -87,6 +87,11 @@ class TeacherClient:
         self._rng = random.Random()
 
     @property
+    def api(self) -> openai.AsyncOpenAI:
+        """The underlying `openai` client (for the Batch API)."""
+        return self._client
+
+    @property
     def mode(self) -> str:
         """The structured-output mode in use (the first the server has not refused)."""
         return self._modes[0]
@@ -159,7 +164,7 @@ class TeacherClient:
         while True:
             mode = self.mode
             try:
-                resp = await self._client.chat.completions.create(**self._arguments(req, attempt, mode))
+                resp = await self._client.chat.completions.create(**self.arguments(req, attempt, mode))
             except openai.APIStatusError as e:
                 # Servers refuse an unknown response_format in different ways (llama.cpp: HTTP 500).
                 if mode != "off" and e.status_code != 429 and _about_response_format(e):
@@ -183,9 +188,10 @@ class TeacherClient:
             except (openai.APIError, ValueError) as e:  # a body that is not a chat completion
                 raise _Retryable(f"unreadable response: {_short(e)}") from None
             self.stats.requests += 1
-            return self._answer(req, resp, mode)
+            return self.answer_from(req, resp, mode)
 
-    def _arguments(self, req: Request, attempt: int, mode: str) -> dict[str, Any]:
+    def arguments(self, req: Request, attempt: int, mode: str) -> dict[str, Any]:
+        """The `chat.completions.create` arguments of a request (the seed moves on with each retry)."""
         s = self.cfg.sampling()
         args: dict[str, Any] = {
             "model": self.model, "messages": req.messages, "temperature": s["temperature"], "top_p": s["top_p"],
@@ -201,7 +207,8 @@ class TeacherClient:
             args["response_format"] = {"type": "json_object", "schema": req.schema}  # servers that know it use it
         return args
 
-    def _answer(self, req: Request, resp: Any, mode: str) -> Answer:
+    def answer_from(self, req: Request, resp: Any, mode: str) -> Answer:
+        """The validated answer in a chat completion; MalformedAnswer says what is wrong with it."""
         usage = getattr(resp, "usage", None)
         prompt, completion = (usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else (0, 0)
         self.stats.prompt_tokens += prompt

@@ -10,6 +10,7 @@ error; the answers it did get stay in the cache, so a rerun asks only for what i
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import threading
 from collections.abc import Coroutine
@@ -25,7 +26,7 @@ from pallm.cues.grounding import GROUNDING_VERSION
 from pallm.labels import corpus_emotions
 from pallm.lexical import text_of
 from pallm.stages import Row, Stage
-from pallm.teacher import rules
+from pallm.teacher import batch, rules
 from pallm.teacher.answers import json_schema
 from pallm.teacher.cache import Answer, AnswerCache, request_key
 from pallm.teacher.checks import check_answers, review_flags
@@ -109,6 +110,8 @@ class TeacherStep:
         # message and instructions), which servers such as llama.cpp reuse instead of re-reading.
         flat = [qs[t] for t in range(len(TASKS)) for qs in per_row]
         client = self._ensure_client()
+        if self.cfg.batch_api:
+            self._run(batch.prefill(client, flat, self.cfg.batch_poll_s))
         answers = dict(zip((q.key for q in flat), self._run(client.ask_all(flat)), strict=False))
         out: list[Any] = []
         for qs in per_row:
@@ -193,8 +196,17 @@ def model_name(cfg: TeacherConfig) -> str:
     return cfg.model
 
 
+def check_teacher(cfg: TeacherConfig) -> None:
+    """Fail before any work on what would fail every request: no key for OpenAI, no local server package."""
+    if cfg.backend == "openai" and not cfg.base_url and not os.environ.get(cfg.api_key_env):
+        raise ValueError(f"the openai teacher needs an API key in ${cfg.api_key_env} (or --teacher-base-url)")
+    if cfg.backend == "local" and importlib.util.find_spec("llama_cpp") is None:
+        raise FileNotFoundError("the local teacher needs llama-cpp-python[server]: pip install -e '.[teacher]'")
+
+
 def teacher_stage(cfg: TeacherConfig, cache_path: Path, *, with_words: bool) -> Stage:
     """The teacher stage for this config; its answers are cached in `cache_path`."""
+    check_teacher(cfg)
     model = model_name(cfg)
     step = TeacherStep(cfg, model, cache_path)
     identity = TeacherIdentity(

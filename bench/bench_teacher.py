@@ -1,0 +1,184 @@
+"""Benchmark of the teacher stage against a minimal client, on the local llama.cpp server.
+
+    .venv/bin/python bench/bench_teacher.py [--corpus ../shared/corpora/ravdess16k] [--actors 4] [--per-actor 6]
+
+1. Real RAVDESS clips are measured and described (no ASR: the reference transcripts), so each row
+   has its cue words. SmolLM2-135M-Instruct is served by llama-cpp-python's server on loopback.
+2. The same distinct requests (same messages, JSON schema, sampling, order and concurrency) go to
+   the server twice: from a minimal `openai` client (a semaphore and `chat.completions.create`), and
+   through the teacher stage (cache, retries, validation, checks). Output tokens per second of each;
+   the stage's share of the minimal client's rate is the figure that matters (target >= 90%).
+3. A whole build with the teacher, then the same build again: the requests the rerun sends (read
+   off the server's log) and its time against the first run's (target: zero requests, under 5%).
+
+Prints one table. Peak memory: this process's and the server's (max RSS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "ravdess16k"
+
+
+def make_corpus(src: Path, dst: Path, actors: int, per_actor: int) -> None:
+    for a in range(1, actors + 1):
+        clips = sorted((src / f"Actor_{a:02d}").glob("*.wav"))
+        (dst / f"Actor_{a:02d}").mkdir(parents=True)
+        step = max(1, len(clips) // per_actor)
+        for k in range(per_actor):
+            shutil.copy(clips[min(len(clips) - 1, k * step + 2 * (k % 2))], dst / f"Actor_{a:02d}")
+
+
+def build(corpus: Path, out: Path, teacher: dict[str, Any]) -> float:
+    from pallm import pipeline
+    from pallm.config import BuildConfig
+
+    cfg = BuildConfig.load(None, corpora=[{"name": "ravdess", "path": str(corpus)}], out=out, asr="none",
+                           teacher=teacher, workers=1)  # fmt: skip
+    t0 = time.perf_counter()
+    plan = pipeline.plan(cfg)
+    pipeline.prepare_output(out)
+    pipeline.finalize(plan, pipeline.run_chunks(plan, out), out)
+    return time.perf_counter() - t0
+
+
+def described_rows(out: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    from pallm import pipeline
+
+    found = []
+    for s in pipeline.read_manifest(out)["shards"]:
+        names = [n for n in pq.read_schema(out / s["path"]).names if n != "audio"]
+        found += pq.read_table(out / s["path"], columns=names).to_pylist()
+    return found
+
+
+async def minimal_client(base_url: str, payloads: list[dict[str, Any]], concurrency: int) -> tuple[float, int]:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=600)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(p: dict[str, Any]) -> int:
+        async with sem:
+            r = await client.chat.completions.create(**p)
+        return r.usage.completion_tokens
+
+    t0 = time.perf_counter()
+    tokens = sum(await asyncio.gather(*(one(p) for p in payloads)))
+    seconds = time.perf_counter() - t0
+    await client.close()
+    return seconds, tokens
+
+
+def server_requests(log: Path) -> int:
+    """Completions the server has answered, from its log (llama.cpp prints timings for each)."""
+    return log.read_text(errors="replace").count("prompt eval time") if log.exists() else 0
+
+
+def server_peak_mib() -> float:
+    peak = 0.0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            cmd = (status.parent / "cmdline").read_bytes()
+            if b"llama_cpp.server" in cmd:
+                line = next(x for x in status.read_text().splitlines() if x.startswith("VmHWM"))
+                peak = max(peak, int(line.split()[1]) / 1024)
+        except (OSError, StopIteration):
+            pass
+    return peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    ap.add_argument("--actors", type=int, default=4)
+    ap.add_argument("--per-actor", type=int, default=6)
+    ap.add_argument("--concurrency", type=int, default=4)
+    args = ap.parse_args()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+    from pallm.config import TeacherConfig
+    from pallm.teacher.cache import AnswerCache
+    from pallm.teacher.client import TeacherClient
+    from pallm.teacher.local import llama_server, packaged_gguf
+    from pallm.teacher.stage import TeacherStep
+
+    work = Path(tempfile.mkdtemp(prefix="bench-teacher-"))
+    corpus = work / "corpus"
+    make_corpus(args.corpus, corpus, args.actors, args.per_actor)
+    build(corpus, work / "described", {"backend": "none"})
+    rows = described_rows(work / "described")
+    log = work / "server.log"
+    table = []
+    with llama_server(packaged_gguf(), log=log) as url:
+        # Greedy decoding: both sides get the same answers, so the same number of tokens per request.
+        teacher = {"backend": "openai", "base_url": url, "model": "smollm2", "concurrency": args.concurrency,
+                   "temperature": 0.0}  # fmt: skip
+        cfg = TeacherConfig(**teacher)
+        probe_step = TeacherStep(cfg, "smollm2", work / "probe.sqlite")
+        requests = {}
+        for t in range(4):  # task by task, distinct requests: what the stage sends
+            for r in rows:
+                q = probe_step.requests(r)[t]
+                requests.setdefault(q.key, q)
+        client = TeacherClient(cfg, base_url=url, model="smollm2", api_key="none",
+                               cache=AnswerCache(work / "probe.sqlite"))  # fmt: skip
+        mode = "json_object"  # llama.cpp refuses json_schema; the stage settles on this after one refusal
+        payloads = [client.arguments(q, 0, mode) for q in requests.values()]
+        asyncio.run(minimal_client(url, payloads[:1], 1))  # warm-up: model pages, grammar code paths
+
+        base_s, base_tok = asyncio.run(minimal_client(url, payloads, args.concurrency))
+        step = TeacherStep(cfg, "smollm2", work / "stage.sqlite")
+        t0 = time.perf_counter()
+        results = step(rows)
+        ours_s = time.perf_counter() - t0
+        stats = step.stats
+        step.close()
+        again_s, again_tok = asyncio.run(minimal_client(url, payloads, args.concurrency))
+        ref_rate = (base_tok + again_tok) / (base_s + again_s)
+        ours_rate = stats.completion_tokens / ours_s
+        table.append(
+            ("minimal client (2 runs)", 2 * len(payloads), base_tok + again_tok, base_s + again_s, ref_rate, 1)
+        )
+        table.append(
+            ("teacher stage", stats.requests, stats.completion_tokens, ours_s, ours_rate, ours_rate / ref_rate)
+        )
+        answered = sum(isinstance(x, dict) for x in results)
+
+        before = server_requests(log)
+        first = build(corpus, work / "built", teacher)
+        first_requests = server_requests(log) - before
+        before = server_requests(log)
+        rerun = build(corpus, work / "built", teacher)
+        rerun_requests = server_requests(log) - before
+        server_peak = server_peak_mib()
+
+    print(f"{len(rows)} RAVDESS clips, {len(payloads)} distinct requests, concurrency {args.concurrency}, "
+          f"SmolLM2-135M-Instruct Q4_1 on llama-cpp-python's server, {os.cpu_count()} CPU cores")  # fmt: skip
+    print(f"{'':34s} {'requests':>8s} {'out tokens':>10s} {'seconds':>8s} {'tok/s':>7s} {'ratio':>6s}")
+    for name, n, tok, s, rate, ratio in table:
+        print(f"{name:34s} {n:8d} {tok:10d} {s:8.1f} {rate:7.1f} {ratio:6.2f}")
+    print(f"stage answers: {answered}/{len(rows)} rows; retries {stats.retries}, failed requests {stats.failed}")
+    print(f"whole build with the teacher: {first:.1f} s, {first_requests} requests; rerun: {rerun:.2f} s "
+          f"({100 * rerun / first:.1f}% of the first), {rerun_requests} requests")  # fmt: skip
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak memory: bench process {me:.0f} MiB, llama.cpp server {server_peak:.0f} MiB")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
