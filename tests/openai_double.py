@@ -63,6 +63,12 @@ class Double:
         return {"id": file_id, "object": "file", "bytes": len(data), "created_at": 0, "filename": "x",
                 "purpose": "batch", "status": "processed"}  # fmt: skip
 
+    def next_fault(self, task: str, body: dict[str, Any]) -> str | None:
+        """The fault for this request: the next queued one, else what `fault_for` says (call with the lock)."""
+        if self.faults:
+            return self.faults.popleft()
+        return self.fault_for(task, body) if self.fault_for else None
+
     def run_batch(self, spec: dict[str, Any]) -> dict[str, Any]:
         """POST /v1/batches: answer every line now (faults apply per line); the job shows as in progress."""
         out = []
@@ -71,7 +77,7 @@ class Double:
             body = item["body"]
             task = task_of(body)
             with self.lock:
-                fault = self.faults.popleft() if self.faults else (self.fault_for(task, body) if self.fault_for else None)
+                fault = self.next_fault(task, body)
                 self.seen.append(Seen(task, _key(body), fault, 200, "batch", time.monotonic()))
             content = json.dumps({"answer": "no idea"}) if fault else json.dumps(answer_for(task, body))
             out.append({"id": f"r{len(out)}", "custom_id": item["custom_id"],
@@ -170,7 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
         task = task_of(body)
         key = _key(body)
         with d.lock:
-            fault = d.faults.popleft() if d.faults else (d.fault_for(task, body) if d.fault_for else None)
+            fault = d.next_fault(task, body)
         if d.refuse_json_schema and (body.get("response_format") or {}).get("type") == "json_schema":
             fault = "refuse_schema"
         status = {"500": 500, "429": 429, "refuse_schema": 400, "401": 401}.get(fault or "", 200)

@@ -29,8 +29,9 @@ async def prefill(client: TeacherClient, requests: Sequence[Request], poll_s: fl
         return 0
     mode = client.mode
     lines = [
-        json.dumps({"custom_id": key, "method": "POST", "url": "/v1/chat/completions",
-                    "body": client.arguments(q, 0, mode)})  # fmt: skip
+        json.dumps(
+            {"custom_id": key, "method": "POST", "url": "/v1/chat/completions", "body": client.arguments(q, 0, mode)}
+        )
         for key, q in missing.items()
     ]
     api = client.api
