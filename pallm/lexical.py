@@ -44,8 +44,10 @@ class CorpusProbe:
     #: emotion -> its share of the corpus (what a classifier knows without reading a word)
     priors: dict[str, float] = field(default_factory=dict, repr=False)
 
-    def digest(self) -> str:
-        blob = json.dumps({"v": PROBE_VERSION, "items": sorted(self.items.items()), "priors": self.priors})
+    def digest(self, ids: Iterable[str]) -> str:
+        """Hash of the probe's verdicts on these items (a chunk's): what its rows depend on."""
+        items = sorted((i, self.items.get(i)) for i in ids)
+        blob = json.dumps({"v": PROBE_VERSION, "items": items, "priors": self.priors})
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

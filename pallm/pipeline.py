@@ -387,14 +387,17 @@ def lexical_probe(out: Path, measured: Sequence[ChunkResult]) -> LexicalProbe:
 
 
 def describe_key(
-    measured: ChunkResult, stages: Sequence[Stage], norms: SpeakerNorms, probe: LexicalProbe | None = None
+    measured: ChunkResult, stages: Sequence[Stage], norms: SpeakerNorms, out: Path, probe: LexicalProbe | None = None
 ) -> str:
     """Cache key of a chunk's describing pass: its measured rows, the stages, its speakers' statistics
     and its corpus's lexical probe."""
     corpus_probe = (probe or {}).get(measured.corpus)
+    lexical = None
+    if corpus_probe is not None:  # the verdicts on this chunk's rows: a retrained probe may leave them as they were
+        ids = [i for s in measured.shards for i in pq.read_table(out / s.path, columns=["id"])["id"].to_pylist()]
+        lexical = corpus_probe.digest(ids)
     return _hash({"measured": measured.key, "stages": [s.fingerprint() for s in stages],
-                  "norms": normalize.digest(norms, measured.speakers),
-                  "lexical": corpus_probe.digest() if corpus_probe else None})  # fmt: skip
+                  "norms": normalize.digest(norms, measured.speakers), "lexical": lexical})  # fmt: skip
 
 
 #: Items a stage of this name quarantined are retried when the chunk runs again (an endpoint may
@@ -411,7 +414,7 @@ def describe_chunk(
     probe: LexicalProbe | None = None,
 ) -> ChunkResult:
     """The describing pass over one measured chunk, unless cached: its shards in data/."""
-    key = describe_key(measured, stages, norms, probe)
+    key = describe_key(measured, stages, norms, out, probe)
     cached = _cached(out, RECORDS_DIR, measured.stem, key)
     if cached is not None and not any(q.stage in RETRIED_STAGES for q in cached.quarantined):
         return cached

@@ -103,13 +103,17 @@ def test_rerun_reuses_every_chunk_and_changes_nothing(tree: tuple[Path, dict], t
 def test_changed_input_rebuilds_only_its_chunk_and_drops_stale_shards(tree: tuple[Path, dict], tmp_path: Path) -> None:
     root, expect = tree
     out = tmp_path / "out"
-    _, first = build(config(root, out))
+    build(config(root, out))
+    measured = {p.name: p.stat().st_mtime_ns for p in (out / ".pallm" / "measured").glob("*.parquet")}
     victim = sorted((root / "Actor_05").glob("*.wav"))[0]
     victim.unlink()
     (out / "data" / ".tmp-leftover.parquet.x").write_bytes(b"half a shard")
     _, second = build(config(root, out))
-    # Chunk boundaries depend on ids: only the chunk that held the clip changes (or disappears).
-    assert sum(not r.cached for r in second) <= 1 and sum(r.cached for r in second) >= len(first) - 1
+    # Chunk boundaries depend on ids: only the chunk that held the clip is measured again (or disappears).
+    # (Describing may run again wherever the corpus-wide lexical probe, retrained without the clip,
+    # changed its verdicts; that pass reads no audio.)
+    after = {p.name: p.stat().st_mtime_ns for p in (out / ".pallm" / "measured").glob("*.parquet")}
+    assert sum(measured.get(n) != t for n, t in after.items()) <= 1 and len(after) >= len(measured) - 1
     ids = [r["id"] for r in shard_rows(out, ["id"])]
     assert sorted(ids) == sorted(expect["good"] - {f"ravdess/{victim.stem}"})
     manifest = pipeline.read_manifest(out)
@@ -263,9 +267,7 @@ def test_a_new_clip_re_describes_its_speakers_chunks_without_re_measuring_others
     after = {p.name: p.stat().st_mtime_ns for p in (out / ".pallm" / "measured").glob("*.parquet")}
     remeasured = [n for n in after if measured.get(n) != after[n]]
     assert len(remeasured) == 1  # only the chunk that holds the new clip ran audio and cues again
-    for r in second:
-        redo = "ravdess/actor01" in r.speakers
-        assert r.cached is not redo, r.stem  # actor 1's statistics changed; actor 2's chunks stay cached
+    assert all(not r.cached for r in second if "ravdess/actor01" in r.speakers)  # actor 1's statistics changed
     z_after = {r["id"]: r["f0_mean_z"] for r in shard_rows(out, ["id", "f0_mean_z"])}
     assert set(z_after) == {*z_before, f"ravdess/{new.stem}"}
     changed = {i for i in z_before if z_after[i] != z_before[i]}

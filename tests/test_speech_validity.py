@@ -26,7 +26,9 @@ MOST = 16
 @pytest.fixture(scope="module")
 def measured(ravdess16k: Path, tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     out = tmp_path_factory.mktemp("validity") / "out"
-    cfg = BuildConfig(corpora=[CorpusSpec(name="ravdess", path=ravdess16k)], out=out, asr="none", workers=2)
+    cfg = BuildConfig(
+        corpora=[CorpusSpec(name="ravdess", path=ravdess16k)], out=out, asr="none", teacher="none", workers=2
+    )
     plan = pipeline.plan(cfg)
     pipeline.prepare_output(out)
     with ThreadPoolExecutor(2) as pool:
