@@ -74,6 +74,7 @@ class TeacherStep:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: TeacherClient | None = None
+        self._closed_stats = Stats()  # what the last client did, kept after close()
 
     @property
     def prompt_version(self) -> str:
@@ -83,7 +84,8 @@ class TeacherStep:
 
     @property
     def stats(self) -> Stats:
-        return self._client.stats if self._client else Stats()
+        """What the client did (requests, cache hits, retries, tokens), also after close()."""
+        return self._client.stats if self._client else self._closed_stats
 
     def __call__(self, rows: list[Row]) -> list[Row | ItemError]:
         if self.cfg.backend == "rules":
@@ -179,6 +181,7 @@ class TeacherStep:
                 return
             client, loop = self._client, self._loop
             self._client = self._loop = None
+            self._closed_stats = client.stats
         asyncio.run_coroutine_threadsafe(client.close(), loop).result()
         client.cache.close()
         loop.call_soon_threadsafe(loop.stop)
