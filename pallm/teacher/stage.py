@@ -164,10 +164,12 @@ class TeacherStep:
                 threading.Thread(target=loop.run_forever, name="teacher-loop", daemon=True).start()
                 self._loop = loop
                 api_key = os.environ.get(self.cfg.api_key_env) or "not-needed"  # local servers want none
+                cfg = self.cfg
+                if cfg.backend == "local" and cfg.structured == "auto":  # llama-cpp-python has no json_schema
+                    cfg = cfg.model_copy(update={"structured": "json_object"})
                 self._client = TeacherClient(
-                    self.cfg, base_url=self.cfg.base_url, model=self.model, api_key=api_key,
-                    cache=AnswerCache(self.cache_path),
-                )  # fmt: skip
+                    cfg, base_url=cfg.base_url, model=self.model, api_key=api_key, cache=AnswerCache(self.cache_path)
+                )
             return self._client
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
