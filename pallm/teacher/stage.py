@@ -106,7 +106,7 @@ class TeacherStep:
             out.append(Request(task, tpl.version, messages, schema, tuple(ev["emotions"]), tpl.max_tokens, key))
         return out
 
-    def _ask(self, rows: list[Row]) -> list[tuple[dict[str, Answer], None] | ItemError]:
+    def _ask(self, rows: list[Row]) -> list[dict[str, Answer] | ItemError]:
         per_row = [self.requests(r) for r in rows]
         # Task by task, not row by row: consecutive requests then share their long prefix (system
         # message and instructions), which servers such as llama.cpp reuse instead of re-reading.
@@ -114,8 +114,8 @@ class TeacherStep:
         client = self._ensure_client()
         if self.cfg.batch_api:
             self._run(batch.prefill(client, flat, self.cfg.batch_poll_s))
-        answers = dict(zip((q.key for q in flat), self._run(client.ask_all(flat)), strict=False))
-        out: list[Any] = []
+        answers = dict(zip((q.key for q in flat), self._run(client.ask_all(flat)), strict=True))
+        out: list[dict[str, Answer] | ItemError] = []
         for qs in per_row:
             got = [answers[q.key] for q in qs]
             errors = [g for g in got if isinstance(g, str)]
