@@ -48,6 +48,7 @@ class Double:
     seen: list[Seen] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     base_url: str = ""
+    authorization: set[str] = field(default_factory=set)  # the Authorization headers received
     files: dict[str, bytes] = field(default_factory=dict)
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -167,6 +168,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         d = self.double
+        d.authorization.add(self.headers.get("Authorization", ""))
         raw = self.rfile.read(int(self.headers["Content-Length"]))
         if self.path == "/v1/files":
             return self._send(200, d.upload(self.headers["Content-Type"], raw))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,19 @@ def test_batch_api_answers_then_the_live_path_takes_the_rest(corpus: tuple[Path,
     assert {s.task for s in live} == {"judge"} and all(s.fault == "schema" for s in live)
     assert len(rows(tmp_path / "out")) == len(ids) - len(quarantined(tmp_path / "out")) > 0
     assert "(Batch API: half price)" in final["card"]
+
+
+def test_the_api_key_is_sent_but_never_written(
+    corpus: tuple[Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, _ = corpus
+    secret = "sk-test-5ecret-never-to-be-written"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    caplog.set_level("DEBUG")
+    with serve(Double(faults=deque(["429", "schema"]), retry_after="0")) as d:
+        build(root, tmp_path / "out", {**FAST, "base_url": d.base_url})
+    assert d.authorization == {f"Bearer {secret}"}
+    assert secret not in caplog.text
+    for f in (tmp_path / "out").rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
