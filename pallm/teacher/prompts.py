@@ -8,6 +8,7 @@ the content hash too (the rendered messages are hashed), and bumping it re-asks 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,13 @@ class PromptTemplate:
     def tag(self) -> str:
         return f"{self.task}@{self.version}"
 
+    @cached_property
+    def _user_template(self) -> jinja2.Template:  # compiled once, rendered for every row
+        return jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(self.user)
+
     def messages(self, **evidence: Any) -> list[dict[str, str]]:
         """The chat messages for this evidence (transcript, cue_words, emotion, ...)."""
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
-        user = env.from_string(self.user).render(**evidence).strip()
+        user = self._user_template.render(**evidence).strip()
         return [{"role": "system", "content": self.system.strip()}, {"role": "user", "content": user}]
 
 
