@@ -23,6 +23,7 @@ from pallm.corpora.base import Quarantined
 from pallm.cues import grounding, vocabulary
 from pallm.cues.normalize import MIN_UTTERANCES, Z_COLUMNS
 from pallm.labels import LABEL_MAP, LABEL_MAP_VERSION
+from pallm.review import export as review_export
 from pallm.schema import COLUMNS
 from pallm.shards import atomic_path, write_bytes_atomic, write_json_atomic
 
@@ -100,6 +101,7 @@ def render_card(
         lexical_flag=lexical.FLAG,
         teacher=_teacher_summary(df, manifest["config"]["teacher"]),
         grounding_rule=grounding.RULE,
+        annotation=review_export.dataset_section(out),
     )
 
 

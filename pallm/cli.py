@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from pallm.review.cli import app as review_app
+
 app = typer.Typer(
     help="PALLM pipeline: build paralinguistic speech datasets.", no_args_is_help=True, add_completion=False
 )
@@ -129,6 +131,9 @@ def verify(dataset: Annotated[Path, typer.Argument(help="dataset folder")]) -> N
     typer.echo(f"{len(manifest['shards']) - len(bad)}/{len(manifest['shards'])} shards intact, {manifest['rows']} rows")
     if bad:
         raise typer.Exit(1)
+
+
+app.add_typer(review_app, name="review")
 
 
 @app.command()

@@ -107,3 +107,28 @@ def run_cli(
     pallm = shutil.which("pallm", path=str(Path(sys.executable).parent))
     cmd = [pallm] if pallm else [sys.executable, "-m", "pallm.cli"]
     return subprocess.run([*cmd, *args], env=env, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def reviewable(ravdess16k: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real dataset to review (12 RAVDESS clips, Whisper tiny.en, rules teacher), built once; copy before changing."""
+    from review_helpers import build_reviewable
+
+    return build_reviewable(ravdess16k, tmp_path_factory.mktemp("reviewable"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def review_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty review database: a SQLite file, and a fresh PostgreSQL database where one is available."""
+    from review_helpers import postgres_database
+
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'review.sqlite'}"
+        return
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture()
+def free_port() -> int:
+    return _free_port()
