@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# cmake and g++ build llama-cpp-python (the local teacher) from source.
-APT_PACKAGES=(ffmpeg sox espeak-ng libsndfile1 git cmake g++)
+# cmake and g++ build llama-cpp-python (the local teacher) from source; chromium runs the annotation UI's
+# browser tests (Playwright drives the system chromium: no browser download).
+APT_PACKAGES=(ffmpeg sox espeak-ng libsndfile1 git cmake g++ chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

@@ -101,12 +101,14 @@ def prefect_env(prefect_server: dict[str, str], monkeypatch: pytest.MonkeyPatch)
 
 
 def run_cli(
-    args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 600
+    args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 600, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the `pallm` command of this environment as a user would."""
+    """Run the `pallm` command of this environment as a user would (`input`: its standard input)."""
     pallm = shutil.which("pallm", path=str(Path(sys.executable).parent))
     cmd = [pallm] if pallm else [sys.executable, "-m", "pallm.cli"]
-    return subprocess.run([*cmd, *args], env=env, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [*cmd, *args], env=env, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, input=input
+    )
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,10 @@
 
   function highlight() {
     const t = audio.currentTime;
-    const found = words.find((w) => t >= w.s && t < w.e) || null;
+    // Browsers round the position down (Chromium: to whole microseconds), so a seek to a word's start lands a hair
+    // before it; 1 ms of slack keeps the clicked word lit instead of the one before it.
+    const at = t + 0.001;
+    const found = words.find((w) => at >= w.s && at < w.e) || null;
     if (found !== current) {
       if (current) current.el.classList.remove("current");
       if (found) found.el.classList.add("current");

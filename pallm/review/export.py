@@ -72,26 +72,28 @@ def export(db: Session, dataset_dir: Path) -> dict[str, Any]:
 
     manifest = read_manifest(dataset_dir)
     rows = review_rows(db, manifest["name"])
-    table = pa.Table.from_pylist(rows, schema=REVIEWS_SCHEMA)
+    imported = len(db.scalars(select(Item.id).where(Item.dataset == manifest["name"])).all())
+    # The number of items imported for review travels in the file, so a rebuilt card can state it too.
+    table = pa.Table.from_pylist(rows, schema=REVIEWS_SCHEMA.with_metadata({"imported": str(imported)}))
     with atomic_path(dataset_dir / REVIEWS_FILE) as tmp:
         pq.write_table(table, tmp)
-    imported = len(db.scalars(select(Item.id).where(Item.dataset == manifest["name"])).all())
-    summary = summarize(table, imported)
+    summary = summarize(table)
     card = dataset_dir / "README.md"
     if card.is_file():
         write_bytes_atomic(card, splice(card.read_text(encoding="utf-8"), card_section(summary)).encode())
     return summary
 
 
-def summarize(reviews: pa.Table, imported: int | None = None) -> dict[str, Any]:
+def summarize(reviews: pa.Table) -> dict[str, Any]:
     """Counts, rates and agreement from a reviews table."""
     rows = reviews.to_pylist()
+    imported = (reviews.schema.metadata or {}).get(b"imported")
     annotations = [r for r in rows if r["stage"] == "annotation"]
     finals = [r for r in rows if r["final"]]
     reviewed = {r["item_id"] for r in rows}
     n_final = len(finals)
     return {
-        "imported": imported,
+        "imported": int(imported) if imported is not None else None,
         "items_reviewed": len(reviewed),
         "items_final": n_final,
         "annotations": len(annotations),

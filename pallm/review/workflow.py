@@ -99,28 +99,35 @@ def next_item(db: Session, user: User, dataset: str | None = None) -> Item | Non
         .order_by((claims > 0).desc(), Item.priority, Item.id)
         .limit(8)
     )
-    for _ in range(5):
+    for _ in range(50):  # each round loses only to annotators who claimed the same items at the same moment
         candidates = db.scalars(query).all()
         if not candidates:
             return None
         for item in candidates:
-            stale = db.scalar(select(Assignment).where(Assignment.item_id == item.id, Assignment.user_id == user.id))
-            if stale is not None:  # an expired claim of this user: renew it
-                stale.claimed_at = now()
-            else:
-                db.add(Assignment(item_id=item.id, user_id=user.id))
-            try:
-                db.commit()
-            except IntegrityError:
-                db.rollback()
-                continue
-            # Two annotators may claim the last place at once: the later claim gives it back.
-            if db.scalar(select(_active_claims(item.id, cutoff))) > item.overlap:
-                db.query(Assignment).filter_by(item_id=item.id, user_id=user.id).delete()
-                db.commit()
-                continue
-            return item
+            if _claim(db, user, item, cutoff):
+                return item
     return None
+
+
+def _claim(db: Session, user: User, item: Item, cutoff: object) -> bool:
+    """Claim a place on `item` for `user` if one is free; False when others took the last places first."""
+    # PostgreSQL: lock the item row, so claims on one item queue up and each sees the ones before it.
+    # SQLite has no row locks (its writers take turns); the check after the commit covers it there.
+    db.scalar(select(Item.id).where(Item.id == item.id).with_for_update())
+    if db.scalar(select(_active_claims(item.id, cutoff))) >= item.overlap:
+        db.rollback()
+        return False
+    db.add(Assignment(item_id=item.id, user_id=user.id))
+    try:
+        db.commit()
+    except IntegrityError:
+        db.rollback()
+        return False
+    if db.scalar(select(_active_claims(item.id, cutoff))) > item.overlap:  # two claimed the last place at once
+        db.query(Assignment).filter_by(item_id=item.id, user_id=user.id).delete()
+        db.commit()
+        return False
+    return True
 
 
 def may_open(db: Session, user: User, item: Item) -> bool:
