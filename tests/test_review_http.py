@@ -154,7 +154,8 @@ def test_audio_is_served_only_for_items_in_the_database(server) -> None:
     cookie = f"pallm_session={ann1.cookies['pallm_session']}"
     for path in (
         "/audio/../../../../etc/passwd", "/audio/..%2F..%2F..%2F..%2Fetc%2Fpasswd", "/audio/%2e%2e/%2e%2e/etc/passwd",
-        "/audio/99999", "/audio/1.wav", "/static/../app.py", "/static/..%2fapp.py", "/static/%2e%2e/%2e%2e/pyproject.toml",
+        "/audio/99999", "/audio/1.wav", "/static/../app.py", "/static/..%2fapp.py",
+        "/static/%2e%2e/%2e%2e/pyproject.toml",
         "/audio/" + str(Path(__file__).resolve()),
     ):  # fmt: skip
         status, body = _raw_get(base, path, cookie)
