@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markdown_it import MarkdownIt
 from markupsafe import Markup
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -175,17 +176,20 @@ def create_app(db_url: str | None = None) -> FastAPI:
         return page(request, "item.html", item_context(s, item, mine, "annotate") | {"saved": saved_item}, who)
 
     @app.post("/items/{item_id}")
-    async def save(request: Request, s: DB, who: Who, item_id: int) -> Response:
-        form = await request.form()
-        check_csrf(who[1], _str(form, "csrf"))
+    def save(request: Request, s: DB, who: Who, item_id: int, form: Annotated[DecisionForm, Form()]) -> Response:
+        check_csrf(who[1], form.csrf)
         item = get_item(s, who[0], item_id)
         try:
-            workflow.save_decision(s, who[0], item, _decision_input(form))
+            workflow.save_decision(s, who[0], item, form.decision_input())
         except workflow.Refused as e:
             mine = s.scalar(select(Decision).where(Decision.item_id == item.id, Decision.user_id == who[0].id))
-            ctx = item_context(s, item, mine, "annotate") | {"error": str(e), "saved": None}
-            return page(request, "item.html", ctx, who, status=409 if isinstance(e, workflow.Stale) else 422)
+            return refused(request, who, e, item_context(s, item, mine, "annotate") | {"saved": None})
         return RedirectResponse(f"/next?saved={item.id}", status_code=303)
+
+    def refused(request: Request, who: Any, e: workflow.Refused, ctx: dict[str, Any]) -> Response:
+        """The item page again, with why the save was refused: 409 for an outdated version, else 422."""
+        status = 409 if isinstance(e, workflow.Stale) else 422
+        return page(request, "item.html", ctx | {"error": str(e)}, who, status=status)
 
     def item_context(s: Session, item: Item, mine: Decision | Adjudication | None, mode: str) -> dict[str, Any]:
         return {
@@ -225,15 +229,15 @@ def create_app(db_url: str | None = None) -> FastAPI:
         return page(request, "item.html", adjudication_context(s, get_item(s, who[0], item_id)), who)
 
     @app.post("/adjudicate/{item_id}")
-    async def adjudicate(request: Request, s: DB, who: Reviewer, item_id: int) -> Response:
-        form = await request.form()
-        check_csrf(who[1], _str(form, "csrf"))
+    def adjudicate(
+        request: Request, s: DB, who: Reviewer, item_id: int, form: Annotated[DecisionForm, Form()]
+    ) -> Response:
+        check_csrf(who[1], form.csrf)
         item = get_item(s, who[0], item_id)
         try:
-            workflow.adjudicate(s, who[0], item, _decision_input(form))
+            workflow.adjudicate(s, who[0], item, form.decision_input())
         except workflow.Refused as e:
-            ctx = adjudication_context(s, item) | {"error": str(e)}
-            return page(request, "item.html", ctx, who, status=409 if isinstance(e, workflow.Stale) else 422)
+            return refused(request, who, e, adjudication_context(s, item))
         return RedirectResponse("/conflicts", status_code=303)
 
     def adjudication_context(s: Session, item: Item) -> dict[str, Any]:
@@ -264,23 +268,21 @@ def create_app(db_url: str | None = None) -> FastAPI:
     return app
 
 
-def _str(form: Any, key: str) -> str:
-    v = form.get(key)
-    return v if isinstance(v, str) else ""
+class DecisionForm(BaseModel):
+    """The item page's form as posted: the decision, edited texts, reasons, comment, the version it showed."""
 
+    csrf: str = ""
+    decision: str = ""
+    version: int = 0
+    rationale: str = ""
+    reply: str = ""
+    words_only_reply: str = ""
+    reasons: list[str] = []
+    comment: str = ""
 
-def _decision_input(form: Any) -> workflow.DecisionInput:
-    try:
-        version = int(_str(form, "version") or "0")
-    except ValueError:
-        version = -1
-    return workflow.DecisionInput(
-        decision=_str(form, "decision"),
-        edits={k: _str(form, k) for k in EDITABLE if _str(form, k)},
-        reasons=[r for r in form.getlist("reasons") if isinstance(r, str)],
-        comment=_str(form, "comment"),
-        version=version,
-    )
+    def decision_input(self) -> workflow.DecisionInput:
+        edits = {k: getattr(self, k) for k in EDITABLE if getattr(self, k)}
+        return workflow.DecisionInput(self.decision, edits, self.reasons, self.comment, self.version)
 
 
 def word_diff(old: str, new: str | None) -> Markup:
