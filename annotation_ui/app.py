@@ -7,8 +7,10 @@ the session's CSRF token; roles are checked here, on the server. Templates escap
 import difflib
 import html
 import json
+import os
 import re
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,7 +27,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pallm.review import auth, db, guidelines, workflow
-from pallm.review.agreement import agreement
 from pallm.review.models import EDITABLE, REASONS, Adjudication, Decision, Item, ItemAudio, User
 
 HERE = Path(__file__).parent
@@ -35,6 +36,36 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+
+
+class SecurityHeaders:
+    """Adds the security headers to every response (a plain ASGI middleware: cheaper than `@app.middleware`)."""
+
+    HEADERS = (
+        (b"content-security-policy", CSP.encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"same-origin"),
+    )
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                headers += [h for h in self.HEADERS if h[0] not in names]
+                if b"cache-control" not in names:
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 class LoginRequired(Exception):
@@ -56,20 +87,15 @@ def create_app(db_url: str | None = None) -> FastAPI:
     make_session = db.sessions(engine)
     app = FastAPI(title="PALLM annotation", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
+    app.add_middleware(SecurityHeaders)
+    # Each password check takes 16 MiB (scrypt); at most one per core at a time bounds memory under a burst
+    # of logins, and costs nothing in speed since the hashing is CPU-bound anyway.
+    hashing = threading.BoundedSemaphore(os.cpu_count() or 1)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters["pct"] = lambda x: "n/a" if x is None else f"{x:.0%}"
     templates.env.filters["num"] = lambda x: "n/a" if x is None else f"{x:.3f}"
     guidelines_html = Markup(MarkdownIt("commonmark", {"html": False}).render(guidelines.text()))
-
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next: Any) -> Response:
-        response = await call_next(request)
-        response.headers["Content-Security-Policy"] = CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "same-origin"
-        response.headers.setdefault("Cache-Control", "no-store")
-        return response
 
     @app.exception_handler(LoginRequired)
     async def to_login(request: Request, _: LoginRequired) -> Response:
@@ -136,7 +162,8 @@ def create_app(db_url: str | None = None) -> FastAPI:
         if not auth.csrf_ok(request.cookies.get(LOGIN_CSRF_COOKIE, ""), csrf):
             return again("the login form expired: please try again", 403)
         try:
-            token, _ = auth.login(s, name.strip(), password, request.client.host if request.client else "?")
+            with hashing:
+                token, _ = auth.login(s, name.strip(), password, request.client.host if request.client else "?")
         except auth.AuthError as e:
             return again(str(e), 429 if "too many" in str(e) else 401)
         r = RedirectResponse(_safe_next(next), status_code=303)
@@ -253,6 +280,8 @@ def create_app(db_url: str | None = None) -> FastAPI:
 
     @app.get("/progress")
     def progress(request: Request, s: DB, who: Reviewer) -> Response:
+        from pallm.review.agreement import agreement  # scikit-learn: loaded when a reviewer first asks
+
         rows = s.execute(select(Decision.item_id, User.name, Decision.decision, Decision.reasons).join(User)).all()
         agree = agreement({"item_id": i, "annotator": n, "decision": d, "reasons": r} for i, n, d, r in rows)
         return page(request, "progress.html", {"p": workflow.progress(s), "agreement": agree}, who)

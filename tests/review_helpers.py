@@ -62,9 +62,10 @@ def plant_rationale(dataset: Path, text: str = XSS) -> str:
 
 
 @contextmanager
-def postgres_database() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped after; skips without a server."""
-    admin = os.environ.get(POSTGRES_ENV)
+def postgres_database(admin: str | None = None) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database on the server of `admin` (default `$PALLM_TEST_POSTGRES_URL`, a URL
+    allowed to create databases), dropped after; skips the test without one."""
+    admin = admin or os.environ.get(POSTGRES_ENV)
     if not admin:
         pytest.skip(f"no PostgreSQL: set {POSTGRES_ENV} (bash tests/start_postgres.sh prints it; CI sets it)")
     import psycopg
@@ -76,7 +77,13 @@ def postgres_database() -> Iterator[str]:
         yield admin.rsplit("/", 1)[0] + f"/{name}"
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            for _ in range(30):
+                try:
+                    conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+                    break
+                except psycopg.errors.InsufficientPrivilege:
+                    # FORCE may not end an autovacuum worker without superuser rights; it ends within seconds.
+                    time.sleep(1)
 
 
 def add_users(url: str, names: tuple[str, ...] = tuple(PASSWORDS)) -> None:

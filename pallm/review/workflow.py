@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal, TypeVar
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, exists, func, insert, literal, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -92,42 +92,38 @@ def next_item(db: Session, user: User, dataset: str | None = None) -> Item | Non
         return held
     claims = _active_claims(Item.id, cutoff)
     mine = exists().where(Assignment.item_id == Item.id, Assignment.user_id == user.id)
+    postgres = db.get_bind().dialect.name == "postgresql"
     query = (
         select(Item)
         .where(~mine, claims < Item.overlap)
         .where(Item.dataset == dataset if dataset else True)
         .order_by((claims > 0).desc(), Item.priority, Item.id)
-        .limit(8)
     )
-    for _ in range(50):  # each round loses only to annotators who claimed the same items at the same moment
-        candidates = db.scalars(query).all()
-        if not candidates:
+    # PostgreSQL: lock the first free item and skip items others are claiming right now, so concurrent
+    # annotators take different items without waiting. SQLite has no row locks; there the claim below is a
+    # single statement, which SQLite runs under its write lock, so a lost race costs one more round.
+    query = query.limit(1)
+    if postgres:
+        query = query.with_for_update(skip_locked=True, of=Item)
+    for _ in range(100):  # a round fails only when others took the item's last place in the meantime
+        item = db.scalar(query)
+        if item is None:
+            db.rollback()
             return None
-        for item in candidates:
-            if _claim(db, user, item, cutoff):
-                return item
+        if not postgres:
+            db.rollback()  # the claim must read the newest state, not this read's snapshot
+        free = select(literal(item.id), literal(user.id), literal(now())).where(
+            _active_claims(item.id, cutoff) < item.overlap
+        )
+        try:
+            claimed = db.execute(insert(Assignment).from_select(["item_id", "user_id", "claimed_at"], free)).rowcount
+            db.commit()
+        except IntegrityError:  # the same annotator claiming it from two tabs at once
+            db.rollback()
+            claimed = 0
+        if claimed:
+            return item
     return None
-
-
-def _claim(db: Session, user: User, item: Item, cutoff: object) -> bool:
-    """Claim a place on `item` for `user` if one is free; False when others took the last places first."""
-    # PostgreSQL: lock the item row, so claims on one item queue up and each sees the ones before it.
-    # SQLite has no row locks (its writers take turns); the check after the commit covers it there.
-    db.scalar(select(Item.id).where(Item.id == item.id).with_for_update())
-    if db.scalar(select(_active_claims(item.id, cutoff))) >= item.overlap:
-        db.rollback()
-        return False
-    db.add(Assignment(item_id=item.id, user_id=user.id))
-    try:
-        db.commit()
-    except IntegrityError:
-        db.rollback()
-        return False
-    if db.scalar(select(_active_claims(item.id, cutoff))) > item.overlap:  # two claimed the last place at once
-        db.query(Assignment).filter_by(item_id=item.id, user_id=user.id).delete()
-        db.commit()
-        return False
-    return True
 
 
 def may_open(db: Session, user: User, item: Item) -> bool:
