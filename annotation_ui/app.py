@@ -10,8 +10,8 @@ import json
 import os
 import re
 import secrets
-import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -88,9 +88,14 @@ def create_app(db_url: str | None = None) -> FastAPI:
     app = FastAPI(title="PALLM annotation", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
     app.add_middleware(SecurityHeaders)
-    # Each password check takes 16 MiB (scrypt); at most one per core at a time bounds memory under a burst
-    # of logins, and costs nothing in speed since the hashing is CPU-bound anyway.
-    hashing = threading.BoundedSemaphore(os.cpu_count() or 1)
+    # Each password check takes 16 MiB (scrypt). Run them on one thread per core: hashing is CPU-bound, so that
+    # costs no speed, and only those threads' malloc arenas keep the memory (each request thread's would).
+    hasher = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="password-check")
+    app.state.hasher = hasher
+
+    def verify(password: str, stored: str) -> bool:
+        return hasher.submit(auth.verify_password, password, stored).result()
+
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters["pct"] = lambda x: "n/a" if x is None else f"{x:.0%}"
@@ -162,8 +167,8 @@ def create_app(db_url: str | None = None) -> FastAPI:
         if not auth.csrf_ok(request.cookies.get(LOGIN_CSRF_COOKIE, ""), csrf):
             return again("the login form expired: please try again", 403)
         try:
-            with hashing:
-                token, _ = auth.login(s, name.strip(), password, request.client.host if request.client else "?")
+            address = request.client.host if request.client else "?"
+            token, _ = auth.login(s, name.strip(), password, address, verify=verify)
         except auth.AuthError as e:
             return again(str(e), 429 if "too many" in str(e) else 401)
         r = RedirectResponse(_safe_next(next), status_code=303)

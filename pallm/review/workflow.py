@@ -116,12 +116,14 @@ def next_item(db: Session, user: User, dataset: str | None = None) -> Item | Non
             _active_claims(item.id, cutoff) < item.overlap
         )
         try:
-            claimed = db.execute(insert(Assignment).from_select(["item_id", "user_id", "claimed_at"], free)).rowcount
+            # Core, not the ORM's bulk insert, whose result does not report how many rows went in.
+            claim = insert(Assignment).from_select(["item_id", "user_id", "claimed_at"], free)
+            claimed = db.connection().execute(claim).rowcount
             db.commit()
         except IntegrityError:  # the same annotator claiming it from two tabs at once
             db.rollback()
             claimed = 0
-        if claimed:
+        if claimed == 1:
             return item
     return None
 
