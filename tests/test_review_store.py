@@ -122,6 +122,9 @@ def test_concurrent_claims_never_exceed_the_overlap(reviewable: Path, review_db:
                 user = _user(s, name)
                 barrier.wait()
                 while (item := workflow.next_item(s, user)) is not None:
+                    # An item handed out is one this user holds a claim on (reviewers could open any item).
+                    held = select(Assignment).where(Assignment.item_id == item.id, Assignment.user_id == user.id)
+                    assert s.scalar(held) is not None, f"{name} got item {item.id} without claiming it"
                     workflow.save_decision(s, user, item, DecisionInput("accept"))
         except BaseException as e:
             errors.append(e)

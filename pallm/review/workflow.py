@@ -116,9 +116,9 @@ def next_item(db: Session, user: User, dataset: str | None = None) -> Item | Non
             _active_claims(item.id, cutoff) < item.overlap
         )
         try:
-            # Core, not the ORM's bulk insert, whose result does not report how many rows went in.
+            # SQLAlchemy reports an INSERT's row count only when asked to keep it (else it may say anything).
             claim = insert(Assignment).from_select(["item_id", "user_id", "claimed_at"], free)
-            claimed = db.connection().execute(claim).rowcount
+            claimed = db.connection().execute(claim.execution_options(preserve_rowcount=True)).rowcount
             db.commit()
         except IntegrityError:  # the same annotator claiming it from two tabs at once
             db.rollback()
