@@ -1,0 +1,1 @@
+"""Training the paralinguistics-aware speech LLM: data, answer format, rewards, metrics (SFT and RL come next)."""

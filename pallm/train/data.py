@@ -1,0 +1,95 @@
+"""Training examples from a built dataset: chat-formatted, the audio in the prompt, for both tasks.
+
+Each row gives an understanding example (target: reasoning from the voice, then sentiment and emotion, in the
+format of `pallm.train.answer`) and a reply example (target: the tone-aware reply). Where the dataset has
+`reviews.parquet`, labelers' decisions apply first: rejected rows leave, edited texts replace the teacher's.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pallm.review.export import REVIEWS_FILE, apply_reviews
+from pallm.train.answer import SENTIMENTS, format_understanding
+from pallm.train.rewards import REPLY, UNDERSTAND
+
+SYSTEM = (
+    "You are a voice assistant who hears how things are said, not only the words: pitch, loudness, pace, "
+    "pauses and voice quality."
+)
+COLUMNS = ("id", "corpus", "split", "emotion", "sentiment", "transcript", "cue_words", "rationale", "cited_cues",
+           "reply", "words_only_reply", "audio")  # fmt: skip
+
+
+def understand_prompt(emotions: Sequence[str]) -> str:
+    labels = f"Sentiment: {' | '.join(SENTIMENTS)}"
+    if emotions:
+        labels += f"\nEmotion: {' | '.join(emotions)}"
+    return (
+        "Listen to the speaker. Reason from how they sound, name the voice cues you rely on, then give the "
+        f"labels. Answer exactly in this form:\nReasoning: ...\nCues: cue; cue\n{labels}"
+    )
+
+
+REPLY_PROMPT = "Reply to the speaker in one or two sentences, in a tone that fits how they sound."
+
+
+def read_rows(dataset_dir: Path, splits: Sequence[str] | None = None) -> pa.Table:
+    """The dataset's rows (the columns training needs), with the labelers' decisions applied when present."""
+    from pallm.pipeline import read_manifest
+
+    shards = [s for s in read_manifest(dataset_dir)["shards"] if splits is None or s["split"] in splits]
+    tables = [pq.read_table(dataset_dir / s["path"], columns=list(COLUMNS)) for s in shards]
+    table = pa.concat_tables(tables) if tables else pa.table({c: [] for c in COLUMNS})
+    reviews = dataset_dir / REVIEWS_FILE
+    if reviews.is_file():
+        table = apply_reviews(table, pq.read_table(reviews))
+    return table
+
+
+def examples(
+    dataset_dir: Path, understand_share: float = 0.5, seed: int = 0, splits: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Chat examples (TRL's prompt/completion form) for both tasks.
+
+    `understand_share` is the share of understanding examples in the mix: 0.5 keeps both examples of every
+    row; above it, each reply example is kept with probability 2(1 - share), below it each understanding
+    example with probability 2 * share (seeded).
+    """
+    if not 0 <= understand_share <= 1:
+        raise ValueError("understand_share must be between 0 and 1")
+    rows = read_rows(dataset_dir, splits).to_pylist()
+    emotions = sorted({r["emotion"] for r in rows if r["emotion"]})
+    keep = {UNDERSTAND: min(1.0, 2 * understand_share), REPLY: min(1.0, 2 * (1 - understand_share))}
+    rng = random.Random(seed)
+    out = []
+    for r in sorted(rows, key=lambda r: r["id"]):
+        targets = {}
+        if r["rationale"] and r["sentiment"]:
+            targets[UNDERSTAND] = (
+                understand_prompt(emotions),
+                format_understanding(r["rationale"], r["cited_cues"] or [], r["sentiment"], r["emotion"]),
+            )
+        if r["reply"]:
+            targets[REPLY] = (REPLY_PROMPT, r["reply"])
+        for task, (instruction, target) in targets.items():
+            if rng.random() >= keep[task]:
+                continue
+            out.append({
+                "id": r["id"], "corpus": r["corpus"], "split": r["split"], "task": task,
+                "prompt": [
+                    {"role": "system", "content": [{"type": "text", "text": SYSTEM}]},
+                    {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": instruction}]},
+                ],
+                "completion": [{"role": "assistant", "content": [{"type": "text", "text": target}]}],
+                "audio": r["audio"]["bytes"], "sentiment": r["sentiment"], "emotion": r["emotion"],
+                "cue_words": list(r["cue_words"] or []), "reply": r["reply"],
+                "words_only_reply": r["words_only_reply"], "review": r.get("review", "none"),
+            })  # fmt: skip
+    return out

@@ -1,0 +1,126 @@
+"""Training's plain parts: the answer format, the rewards on hand-made completions, the metrics on a
+hand-built confusion matrix, and the examples built from a real reviewed dataset."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from review_helpers import add_users
+from sqlalchemy import select
+
+from pallm.review import db, export, importer, workflow
+from pallm.review.models import User
+from pallm.train.answer import format_understanding, parse_understanding
+from pallm.train.data import examples
+from pallm.train.metrics import INVALID, score, score_groups
+from pallm.train.rewards import REPLY, UNDERSTAND, correctness_reward, format_reward, grounding_reward
+
+
+def test_answers_round_trip_and_malformed_ones_are_refused() -> None:
+    text = format_understanding("Her  pitch is high\nand she is loud.", ["pitch: high", "loudness: loud"], "negative",
+                                "angry")  # fmt: skip
+    assert text.splitlines()[0] == "Reasoning: Her pitch is high and she is loud."
+    a = parse_understanding(text)
+    assert (a.cues, a.sentiment, a.emotion) == (("pitch: high", "loudness: loud"), "negative", "angry")
+    loose = parse_understanding("reasoning: slow and quiet,\nso probably sad.\nCUES: none\nSentiment: Negative.")
+    assert (loose.reasoning, loose.cues, loose.sentiment, loose.emotion) == (
+        "slow and quiet, so probably sad.", (), "negative", None)  # fmt: skip
+    assert parse_understanding("Sentiment: positive") is None, "no reasoning"
+    assert parse_understanding("Reasoning: she sounds happy.") is None, "no sentiment"
+
+
+def _answer(sentiment: str, emotion: str, cues: str = "pitch: high", reasoning: str = "It sounds tense.") -> str:
+    return f"Reasoning: {reasoning}\nCues: {cues}\nSentiment: {sentiment}\nEmotion: {emotion}"
+
+
+def test_rewards_on_hand_made_completions() -> None:
+    completions = [
+        _answer("negative", "angry"),  # both right
+        _answer("negative", "sad"),  # sentiment right, emotion wrong
+        [{"role": "assistant", "content": _answer("positive", "happy")}],  # conversational form, wrong
+        "I think she is angry.",  # no format
+        "Oh no, that sounds frustrating. Let's sort it out together.",  # a reply row
+    ]
+    task = [UNDERSTAND] * 4 + [REPLY]
+    gold = {"sentiment": ["negative"] * 5, "emotion": ["angry"] * 5}
+    assert correctness_reward(completions, task, **gold) == [1.0, 0.5, 0.0, 0.0, None]
+    assert correctness_reward(completions[:1], [UNDERSTAND], sentiment=["negative"], emotion=[None]) == [1.0]
+    assert correctness_reward(completions[:1], [UNDERSTAND], sentiment=[None], emotion=["angry"]) == [None]
+    assert format_reward(completions, task) == [1.0, 1.0, 1.0, 0.0, 1.0]
+    assert format_reward([_answer("negative", "angry")], [REPLY]) == [0.0], "a reply is not a labelled answer"
+    assert format_reward([_answer("grumpy", "angry")], [UNDERSTAND]) == [0.0], "not one of the three sentiments"
+
+    measured = ["pitch: high", "loudness: quiet", "rate: fast"]
+    grounding = grounding_reward(
+        [
+            _answer("negative", "angry", cues="pitch: high; rate: fast"),  # both supported
+            _answer("negative", "angry", cues="pitch: high; loudness: loud"),  # one contradicted
+            _answer("negative", "angry", cues="pitch: high", reasoning="She shouts loudly."),  # plain-word claim
+            _answer("negative", "angry", cues="none", reasoning="It sounds bad."),  # no claim at all
+            "not an answer",
+            "a reply",
+        ],
+        [UNDERSTAND] * 5 + [REPLY], cue_words=[measured] * 6,
+    )  # fmt: skip
+    assert grounding == [1.0, 0.5, 0.5, 0.0, 0.0, None]
+
+
+def test_metrics_on_a_hand_built_confusion_matrix() -> None:
+    truth = ["a", "a", "a", "b", "b", "c"]
+    predicted = ["a", "a", "b", "b", None, "c"]
+    s = score(truth, predicted, labels=["a", "b", "c"])
+    assert s.wa == pytest.approx(4 / 6)
+    assert s.ua == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
+    # F1: a = 2PR/(P+R) with P=1, R=2/3 -> 0.8; b: P=1/2, R=1/2 -> 0.5; c: 1.
+    assert s.macro_f1 == pytest.approx((0.8 + 0.5 + 1.0) / 3)
+    assert s.confusion == ((2, 1, 0, 0), (0, 1, 0, 1), (0, 0, 1, 0))
+    assert s.invalid == 1 and INVALID not in s.labels
+    rows = [{"corpus": "x", "split": sp, "t": t, "p": p} for sp, t, p in
+            [("test", "a", "a"), ("test", "b", "a"), ("train", "a", "a")]]  # fmt: skip
+    groups = score_groups(rows, "t", "p", labels=["a", "b"])
+    assert set(groups) == {("x", "test"), ("x", "train")}
+    assert (groups[("x", "test")].wa, groups[("x", "test")].ua) == (0.5, 0.5)
+    with pytest.raises(ValueError):
+        score(["a"], [])
+
+
+def test_examples_follow_the_reviews(reviewable: Path, tmp_path: Path) -> None:
+    ds = tmp_path / "dataset"
+    shutil.copytree(reviewable, ds)
+    before = examples(ds)
+    rows = {e["id"] for e in before}
+    assert {e["task"] for e in before} == {UNDERSTAND, REPLY} and len(before) == 2 * len(rows)
+    # The gold targets are what the rewards call perfect.
+    und = [e for e in before if e["task"] == UNDERSTAND]
+    targets = [e["completion"] for e in und]
+    assert format_reward(targets, [UNDERSTAND] * len(und)) == [1.0] * len(und)
+    gold = correctness_reward(targets, [UNDERSTAND] * len(und), [e["sentiment"] for e in und],
+                              [e["emotion"] for e in und])  # fmt: skip
+    assert gold == [1.0] * len(und)
+    assert all(e["audio"][:4] == b"RIFF" and e["prompt"][1]["content"][0] == {"type": "audio"} for e in before)
+
+    url = f"sqlite:///{tmp_path / 'review.sqlite'}"
+    add_users(url, ("ann1",))
+    with db.open_db(url) as sessions, sessions() as s:
+        importer.import_dataset(s, ds, sample=100, overlap=1)
+        ann1 = s.scalar(select(User).where(User.name == "ann1"))
+        rejected = workflow.next_item(s, ann1)
+        workflow.save_decision(s, ann1, rejected, workflow.DecisionInput("reject", reasons=["invented_cue"]))
+        edited = workflow.next_item(s, ann1)
+        new = "The voice is flat and slow, which sounds sad."
+        workflow.save_decision(s, ann1, edited, workflow.DecisionInput("edit", edits={"rationale": new}))
+        export.export(s, ds)
+    after = examples(ds)
+    assert rejected.row_id not in {e["id"] for e in after}
+    text = next(e for e in after if e["id"] == edited.row_id and e["task"] == UNDERSTAND)["completion"]
+    assert text[0]["content"][0]["text"].startswith(f"Reasoning: {new}")
+    assert len(after) == len(before) - 2
+
+    only_understanding = examples(ds, understand_share=1.0)
+    assert {e["task"] for e in only_understanding} == {UNDERSTAND}
+    quarter = examples(ds, understand_share=0.25, seed=1)
+    n_und = sum(e["task"] == UNDERSTAND for e in quarter)
+    assert sum(e["task"] == REPLY for e in quarter) == len(rows) - 1 and 0 < n_und < len(rows) - 1
+    assert quarter == examples(ds, understand_share=0.25, seed=1), "the mix is reproducible"
