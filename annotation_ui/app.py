@@ -91,7 +91,6 @@ def create_app(db_url: str | None = None) -> FastAPI:
     # Each password check takes 16 MiB (scrypt). Run them on one thread per core: hashing is CPU-bound, so that
     # costs no speed, and only those threads' malloc arenas keep the memory (each request thread's would).
     hasher = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="password-check")
-    app.state.hasher = hasher
 
     def verify(password: str, stored: str) -> bool:
         return hasher.submit(auth.verify_password, password, stored).result()
@@ -170,7 +169,7 @@ def create_app(db_url: str | None = None) -> FastAPI:
             address = request.client.host if request.client else "?"
             token, _ = auth.login(s, name.strip(), password, address, verify=verify)
         except auth.AuthError as e:
-            return again(str(e), 429 if "too many" in str(e) else 401)
+            return again(str(e), 429 if isinstance(e, auth.TooManyFailures) else 401)
         r = RedirectResponse(_safe_next(next), status_code=303)
         r.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", secure=_https(request),
                      max_age=auth.SESSION_DAYS * 86400)  # fmt: skip

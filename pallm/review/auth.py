@@ -29,6 +29,10 @@ class AuthError(Exception):
     """A login refused: wrong credentials, or too many recent failures."""
 
 
+class TooManyFailures(AuthError):
+    """A login refused by the rate limit, whatever the password."""
+
+
 def hash_password(password: str) -> str:
     """`scrypt$n$r$p$salt$hash` (hex); scrypt is memory-hard and in the standard library."""
     salt = secrets.token_bytes(16)
@@ -81,7 +85,9 @@ def login(
     by_name = db.scalar(select(func.count()).where(LoginFailure.name == name, LoginFailure.at >= since)) or 0
     by_addr = db.scalar(select(func.count()).where(LoginFailure.address == address, LoginFailure.at >= since)) or 0
     if by_name >= MAX_FAILURES_PER_NAME or by_addr >= MAX_FAILURES_PER_ADDRESS:
-        raise AuthError(f"too many failed logins; try again in {int(FAILURE_WINDOW.total_seconds() // 60)} minutes")
+        raise TooManyFailures(
+            f"too many failed logins; try again in {int(FAILURE_WINDOW.total_seconds() // 60)} minutes"
+        )
     user = db.scalar(select(User).where(User.name == name))
     ok = verify(password, user.password_hash if user else _NOBODY) and user is not None
     if not ok:

@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pallm.review.agreement import agreement
@@ -72,7 +72,7 @@ def export(db: Session, dataset_dir: Path) -> dict[str, Any]:
 
     manifest = read_manifest(dataset_dir)
     rows = review_rows(db, manifest["name"])
-    imported = len(db.scalars(select(Item.id).where(Item.dataset == manifest["name"])).all())
+    imported = db.scalar(select(func.count()).select_from(Item).where(Item.dataset == manifest["name"]))
     # The number of items imported for review travels in the file, so a rebuilt card can state it too.
     table = pa.Table.from_pylist(rows, schema=REVIEWS_SCHEMA.with_metadata({"imported": str(imported)}))
     with atomic_path(dataset_dir / REVIEWS_FILE) as tmp:

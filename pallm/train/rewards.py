@@ -8,11 +8,11 @@ trainer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pallm.cues.grounding import check_claims, claims_in_text
-from pallm.train.answer import SENTIMENTS, parse_understanding
+from pallm.train.answer import SENTIMENTS, Understanding, parse_understanding
 
 UNDERSTAND, REPLY = "understand", "reply"
 
@@ -31,26 +31,37 @@ def completion_text(completion: Any) -> str:
     return "".join(parts)
 
 
+def _per_answer(
+    completions: Sequence[Any], task: Sequence[str], gold: Sequence[Any],
+    score: Callable[[Understanding, Any], float],
+) -> list[float | None]:  # fmt: skip
+    """The loop the understanding rewards share: None for other rows and rows without `gold`, 0 for an
+    unparseable answer, else `score(answer, gold)`."""
+    out: list[float | None] = []
+    for c, t, g in zip(completions, task, gold, strict=True):
+        if t != UNDERSTAND or g is None:
+            out.append(None)
+            continue
+        answer = parse_understanding(completion_text(c))
+        out.append(0.0 if answer is None else score(answer, g))
+    return out
+
+
 def correctness_reward(
     completions: Sequence[Any], task: Sequence[str], sentiment: Sequence[str | None],
     emotion: Sequence[str | None] | None = None, **_: Any,
 ) -> list[float | None]:  # fmt: skip
     """Understanding rows: 1 for the right sentiment (and half-and-half with emotion where the row has one);
     0 for a wrong or unparseable answer. None for reply rows and rows without a gold sentiment."""
-    out: list[float | None] = []
-    for k, c in enumerate(completions):
-        gold_s = sentiment[k]
-        if task[k] != UNDERSTAND or gold_s is None:
-            out.append(None)
-            continue
-        answer = parse_understanding(completion_text(c))
-        if answer is None:
-            out.append(0.0)
-            continue
-        gold_e = emotion[k] if emotion is not None else None
+
+    def right(answer: Understanding, gold: tuple[str, str | None]) -> float:
+        gold_s, gold_e = gold
         right_s = float(answer.sentiment == gold_s)
-        out.append(right_s if gold_e is None else (right_s + float(answer.emotion == gold_e)) / 2)
-    return out
+        return right_s if gold_e is None else (right_s + float(answer.emotion == gold_e)) / 2
+
+    emotions = emotion if emotion is not None else [None] * len(completions)
+    gold = [None if s is None else (s, e) for s, e in zip(sentiment, emotions, strict=True)]
+    return _per_answer(completions, task, gold, right)
 
 
 def format_reward(completions: Sequence[Any], task: Sequence[str], **_: Any) -> list[float | None]:
@@ -74,15 +85,8 @@ def grounding_reward(
     """Understanding rows: the share of the voice claims (cited cues and plain-word claims in the reasoning)
     that the measured cue words support, by the shared grounding rule; 0 with no claim or no parse. None for
     reply rows and rows without measured cues."""
-    out: list[float | None] = []
-    for k, c in enumerate(completions):
-        if task[k] != UNDERSTAND or cue_words[k] is None:
-            out.append(None)
-            continue
-        answer = parse_understanding(completion_text(c))
-        if answer is None:
-            out.append(0.0)
-            continue
-        verdict = check_claims([*answer.cues, *claims_in_text(answer.reasoning)], list(cue_words[k]))
-        out.append(verdict.rate or 0.0)
-    return out
+
+    def supported(answer: Understanding, measured: Sequence[str]) -> float:
+        return check_claims([*answer.cues, *claims_in_text(answer.reasoning)], list(measured)).rate or 0.0
+
+    return _per_answer(completions, task, cue_words, supported)
