@@ -14,7 +14,9 @@ import typer
 from pallm.review.cli import app as review_app
 
 app = typer.Typer(
-    help="PALLM pipeline: build paralinguistic speech datasets.", no_args_is_help=True, add_completion=False
+    help="PALLM pipeline: build paralinguistic speech datasets and train speech LLMs on them.",
+    no_args_is_help=True,
+    add_completion=False,
 )
 
 
@@ -91,6 +93,35 @@ def build_dataset(
     )  # fmt: skip
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"data card: {Path(summary['out']) / 'README.md'}", err=True)
+
+
+@app.command()
+def train(
+    dataset: Annotated[Path, typer.Option(help="a built dataset folder (pallm build-dataset)")],
+    out: Annotated[Path, typer.Option(help="run folder: checkpoints, models, evaluation, report")],
+    config: Annotated[
+        Path | None,
+        typer.Option(help="YAML or JSON training config, e.g. configs/train-tiny.yaml (default: its values)"),
+    ] = None,
+) -> None:
+    """Train a speech LLM on a dataset (SFT, then multi-task RL) and evaluate it, through the train-pallm flow.
+    Rerun the same command after a crash: finished steps are skipped and training resumes from its checkpoint."""
+    from pydantic import ValidationError
+
+    from pallm.train.config import TrainConfig
+    from pallm.train.steps import start_run
+
+    try:
+        start_run(dataset, out, TrainConfig.load(config))  # fail before Prefect starts
+    except ValidationError as e:
+        _fail("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()))
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    from flows.train_pallm import train_pallm
+
+    summary = train_pallm(dataset=str(dataset), out=str(out), config=str(config.resolve()) if config else None)
+    typer.echo(json.dumps(summary, indent=2))
+    typer.echo(f"report: {summary['report']}", err=True)
 
 
 @app.command()

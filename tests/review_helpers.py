@@ -30,10 +30,11 @@ ROLES = {"ann1": "annotator", "ann2": "annotator", "ann3": "annotator", "rev1": 
          "admin": "admin"}  # fmt: skip
 
 
-def build_reviewable(ravdess16k: Path, root: Path, per_actor: int = 4) -> Path:
-    """A real dataset to review: real RAVDESS clips of three actors, Whisper tiny.en words, the rules teacher."""
+def build_reviewable(ravdess16k: Path, root: Path, per_actor: int = 4, actors: tuple[int, ...] = (1, 2, 3)) -> Path:
+    """A real dataset: real RAVDESS clips of a few actors, Whisper tiny.en words, the rules teacher. Actors 1-4
+    are the test split, 5-8 validation, the others train."""
     src = root / "src"
-    for a in (1, 2, 3):
+    for a in actors:
         clips = sorted((ravdess16k / f"Actor_{a:02d}").glob("*.wav"))
         (src / f"Actor_{a:02d}").mkdir(parents=True)
         for clip in clips[:: max(1, len(clips) // per_actor)][:per_actor]:

