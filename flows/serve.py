@@ -1,15 +1,21 @@
 """Serve the deployments from this process: `pallm serve` (or `python -m flows.serve`).
 
-With a Prefect server running (`prefect server start`), this registers `build-dataset/demo` and
-`build-dataset/default` and runs their flow runs here until stopped. `prefect.yaml` declares the
-same deployments for a process work pool, for teams that run workers.
+With a Prefect server running (`prefect server start`), this registers `build-dataset/demo`,
+`build-dataset/default` and `train-pallm/cpu` and runs their flow runs here until stopped. `prefect.yaml`
+declares the same deployments for a process work pool (and `train-pallm/gpu` for a Kubernetes one), for teams
+that run workers.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import serve
 
 from flows.build_dataset import build_dataset
+from flows.train_pallm import train_pallm
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -26,6 +32,12 @@ def main() -> None:
             description="Any corpora: --param corpora='[\"ravdess=/data/RAVDESS\"]' --param out=DIR",
             parameters={"cards_index": "data_cards"},
             tags=["pallm"],
+        ),
+        train_pallm.to_deployment(
+            name="cpu",
+            description="The tiny random Qwen2-Audio on the CPU: --param dataset=DIR --param out=DIR",
+            parameters={"config": str(ROOT / "configs" / "train-tiny.yaml")},
+            tags=["pallm", "train", "cpu"],
         ),
     )
 

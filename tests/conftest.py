@@ -119,6 +119,26 @@ def reviewable(ravdess16k: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return build_reviewable(ravdess16k, tmp_path_factory.mktemp("reviewable"))
 
 
+@pytest.fixture(scope="session")
+def trainable(ravdess16k: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real dataset to train on: RAVDESS clips of actor 5 (validation) and actors 9 and 13 (train)."""
+    from review_helpers import build_reviewable
+
+    return build_reviewable(ravdess16k, tmp_path_factory.mktemp("trainable"), per_actor=6, actors=(5, 9, 13))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random-weight Qwen2-Audio (SmolLM2's tokenizer), saved once: its folder."""
+    pytest.importorskip("trl", reason="training needs the train extra: pip install -e '.[train]'")
+    from pallm.model import build
+    from pallm.train.config import ModelConfig
+
+    path = tmp_path_factory.mktemp("tiny-model") / "model"
+    build(ModelConfig(size="tiny", dtype="float32")).save(path)
+    return path
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def review_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty review database: a SQLite file, and a fresh PostgreSQL database where one is available."""

@@ -110,6 +110,8 @@ def task_of(body: dict[str, Any]) -> str:
     if fmt.get("type") == "json_schema":
         return fmt["json_schema"]["name"]
     text = " ".join(m["content"] for m in body["messages"])
+    if "Answer with one integer from 1" in text:
+        return "grade"
     if '"rationale"' in text:
         return "understand"
     if "Which emotion" in text:
@@ -117,9 +119,13 @@ def task_of(body: dict[str, Any]) -> str:
     return "words_only" if "Message:" in text else "reply"
 
 
-def answer_for(task: str, body: dict[str, Any]) -> dict[str, Any]:
-    """A valid answer, built from the prompt the way a careful teacher would."""
+def answer_for(task: str, body: dict[str, Any]) -> dict[str, Any] | str:
+    """A valid answer, built from the prompt the way a careful teacher would (a reply judge's grade: 9 for a
+    reply that is the reference, else 2)."""
     user = body["messages"][-1]["content"]
+    if task == "grade":
+        reference = re.search(r'for reference: "(.*)"\n', user).group(1)
+        return "9" if f'The assistant replied: "{reference}"' in user else "2"
     cues = re.search(r"Measured voice cues: (.*)\.", user)
     cue_list = [c.strip() for c in cues.group(1).split(";")] if cues and "stand out" not in cues.group(1) else []
     if task == "understand":
@@ -211,7 +217,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return None
-        content = json.dumps(answer_for(task, body))
+        answer = answer_for(task, body)
+        content = answer if isinstance(answer, str) else json.dumps(answer)
         finish = "stop"
         if fault == "invalid_json":
             content = content[: len(content) // 2]

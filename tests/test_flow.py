@@ -92,7 +92,7 @@ def test_cli_stops_at_once_on_bad_arguments(tmp_path: Path, args: list[str], mes
     assert "Traceback" not in proc.stderr and time.monotonic() - start < 20
 
 
-@pytest.mark.parametrize("command", [[], ["build-dataset"], ["corpora"], ["labels"], ["verify"], ["serve"]])
+@pytest.mark.parametrize("command", [[], ["build-dataset"], ["train"], ["corpora"], ["labels"], ["verify"], ["serve"]])
 def test_every_command_has_help(command: list[str]) -> None:
     proc = run_cli([*command, "--help"], dict(os.environ))
     assert proc.returncode == 0 and "Usage:" in proc.stdout and len(proc.stdout) > 200

@@ -94,6 +94,9 @@ class TrainConfig(_Strict):
 
     name: str = "pallm"
     seed: int = 0
+    processes: int = Field(
+        1, ge=1, description="GPUs for SFT and RL; above 1 the stages run under `accelerate launch` (data parallel)"
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     train_splits: list[str] = Field(default_factory=lambda: ["train"])
     understand_share: float = Field(0.5, ge=0, le=1, description="share of understanding examples in the mix")

@@ -103,11 +103,11 @@ def grpo_args(cfg: RLSettings, out: Path, seed: int, bf16: bool, weights: list[f
     )  # fmt: skip
 
 
-def train_grpo(
+def grpo_trainer(
     speech: SpeechLM, train: list[dict[str, Any]], rewards: dict[str, Any], cfg: RLSettings, out: Path, seed: int = 0
-) -> list[dict]:
-    """Multi-task GRPO on `train` with the named reward functions, weighted by `cfg.reward_weights`; checkpoints
-    go to `out` and a rerun resumes from the last. Returns the trainer's log history (rewards per step)."""
+) -> AudioGRPOTrainer:
+    """The trainer for multi-task GRPO on `train` with the named reward functions, weighted by
+    `cfg.reward_weights` (a reward weighted 0 or not named is left out)."""
     from datasets import Dataset
 
     unknown = set(cfg.reward_weights) - set(rewards)
@@ -115,10 +115,18 @@ def train_grpo(
         raise ValueError(f"reward_weights names unknown rewards {sorted(unknown)}; known: {sorted(rewards)}")
     names = [n for n in rewards if cfg.reward_weights.get(n, 0) != 0]
     bf16 = next(speech.model.parameters()).dtype == torch.bfloat16
-    trainer = AudioGRPOTrainer(
+    return AudioGRPOTrainer(
         model=speech.model, reward_funcs=[rewards[n] for n in names],
         args=grpo_args(cfg, out, seed, bf16, [cfg.reward_weights[n] for n in names]),
         train_dataset=Dataset.from_list(train), processing_class=speech.processor,
     )  # fmt: skip
+
+
+def train_grpo(
+    speech: SpeechLM, train: list[dict[str, Any]], rewards: dict[str, Any], cfg: RLSettings, out: Path, seed: int = 0
+) -> list[dict]:
+    """Multi-task GRPO (`grpo_trainer`); checkpoints go to `out` and a rerun resumes from the last. Returns the
+    trainer's log history (rewards per step)."""
+    trainer = grpo_trainer(speech, train, rewards, cfg, out, seed)
     trainer.train(resume_from_checkpoint=last_checkpoint(out))
     return list(trainer.state.log_history)

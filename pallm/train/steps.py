@@ -14,6 +14,9 @@ checkpoint, so a rerun after a crash continues where the run stopped.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +93,40 @@ def initial_model(out: Path, cfg: TrainConfig) -> Path | None:
     return stage_model(out, "base")
 
 
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _launched() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def launch(stage: str, dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
+    """Run a training stage in `cfg.processes` data-parallel processes (`accelerate launch`), then read its record.
+    The processes read the configuration the run folder recorded (`pallm.train.launch`)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.processes),
+           "-m", "pallm.train.launch", stage, str(dataset), str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True)
+    record = finished(out / stage)
+    if record is None:
+        raise RuntimeError(f"accelerate launch of {stage} ended without finishing the stage")
+    return record
+
+
+def _finish(speech: Any, stage: Path, resumed: str | None, history: list[dict]) -> dict[str, Any]:
+    """Save the stage's model and mark it finished (the first process only, the others wait for it)."""
+    record = {"resumed_from": Path(resumed).name if resumed else None, "history": history}
+    if _rank() == 0:
+        speech.save(stage / "model")
+        mark_finished(stage, record)
+    if _launched():
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+    return record
+
+
 def run_sft(dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
     """Stage 1 (skipped when done): SFT from the initial model; the result in OUT/sft/model."""
     from pallm.model import build
@@ -98,13 +135,13 @@ def run_sft(dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
     stage = out / "sft"
     if done := finished(stage):
         return done
-    speech = build(cfg.model, checkpoint=initial_model(out, cfg), seed=cfg.seed)
+    base = initial_model(out, cfg)
+    if cfg.processes > 1 and not _launched():
+        return launch("sft", dataset, out, cfg)
+    speech = build(cfg.model, checkpoint=base, seed=cfg.seed)
     resumed = last_checkpoint(stage)
     history = train_sft(speech, train_examples(dataset, cfg), cfg.sft, stage, cfg.seed)
-    speech.save(stage_model(out, "sft"))
-    record = {"resumed_from": Path(resumed).name if resumed else None, "history": history}
-    mark_finished(stage, record)
-    return record
+    return _finish(speech, stage, resumed, history)
 
 
 def reward_functions(cfg: TrainConfig) -> dict[str, Any]:
@@ -136,13 +173,12 @@ def run_rl(dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
         return done
     if not finished(out / "sft"):
         raise RuntimeError("RL starts from the SFT model: run SFT first")
+    if cfg.processes > 1 and not _launched():
+        return launch("rl", dataset, out, cfg)
     speech = build(cfg.model, checkpoint=stage_model(out, "sft"), seed=cfg.seed)
     resumed = last_checkpoint(stage)
     history = train_grpo(speech, train_examples(dataset, cfg), reward_functions(cfg), cfg.rl, stage, cfg.seed)
-    speech.save(stage_model(out, "rl"))
-    record = {"resumed_from": Path(resumed).name if resumed else None, "history": history}
-    mark_finished(stage, record)
-    return record
+    return _finish(speech, stage, resumed, history)
 
 
 def run_eval(dataset: Path, out: Path, cfg: TrainConfig, system: str) -> dict[str, Any]:
