@@ -11,9 +11,9 @@ from pallm.train.config import ModelConfig
 
 def build(cfg: ModelConfig, checkpoint: Path | None = None, seed: int = 0) -> SpeechLM:
     """The model `cfg` describes; from `checkpoint` (a folder a stage saved) when given."""
-    from pallm.model import qwen2_audio
+    from pallm.model import offline, qwen2_audio
 
-    builders: dict[str, Callable[..., SpeechLM]] = {"qwen2-audio": qwen2_audio.build}
+    builders: dict[str, Callable[..., SpeechLM]] = {"qwen2-audio": qwen2_audio.build, "offline": offline.build}
     return builders[cfg.family](cfg, checkpoint=checkpoint, seed=seed)
 
 

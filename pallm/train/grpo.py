@@ -92,7 +92,9 @@ class AudioGRPOTrainer(GRPOTrainer):
         return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
 
 
-def grpo_args(cfg: RLSettings, out: Path, seed: int, bf16: bool, weights: list[float]) -> GRPOConfig:
+def grpo_args(
+    cfg: RLSettings, out: Path, seed: int, bf16: bool, weights: list[float], checkpointing: bool = False
+) -> GRPOConfig:
     """TRL's GRPOConfig from our settings; columns stay (rewards read them), no external logging."""
     return GRPOConfig(
         output_dir=str(out), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
@@ -100,11 +102,18 @@ def grpo_args(cfg: RLSettings, out: Path, seed: int, bf16: bool, weights: list[f
         temperature=cfg.temperature, beta=cfg.beta, learning_rate=cfg.learning_rate, reward_weights=weights,
         logging_steps=1, save_steps=cfg.save_steps, save_total_limit=2, remove_unused_columns=False,
         report_to=[], seed=seed, bf16=bf16, dataloader_num_workers=0, disable_tqdm=True,
+        gradient_checkpointing=checkpointing,
     )  # fmt: skip
 
 
 def grpo_trainer(
-    speech: SpeechLM, train: list[dict[str, Any]], rewards: dict[str, Any], cfg: RLSettings, out: Path, seed: int = 0
+    speech: SpeechLM,
+    train: list[dict[str, Any]],
+    rewards: dict[str, Any],
+    cfg: RLSettings,
+    out: Path,
+    seed: int = 0,
+    checkpointing: bool = False,
 ) -> AudioGRPOTrainer:
     """The trainer for multi-task GRPO on `train` with the named reward functions, weighted by
     `cfg.reward_weights` (a reward weighted 0 or not named is left out)."""
@@ -117,16 +126,22 @@ def grpo_trainer(
     bf16 = next(speech.model.parameters()).dtype == torch.bfloat16
     return AudioGRPOTrainer(
         model=speech.model, reward_funcs=[rewards[n] for n in names],
-        args=grpo_args(cfg, out, seed, bf16, [cfg.reward_weights[n] for n in names]),
+        args=grpo_args(cfg, out, seed, bf16, [cfg.reward_weights[n] for n in names], checkpointing),
         train_dataset=Dataset.from_list(train), processing_class=speech.processor,
     )  # fmt: skip
 
 
 def train_grpo(
-    speech: SpeechLM, train: list[dict[str, Any]], rewards: dict[str, Any], cfg: RLSettings, out: Path, seed: int = 0
+    speech: SpeechLM,
+    train: list[dict[str, Any]],
+    rewards: dict[str, Any],
+    cfg: RLSettings,
+    out: Path,
+    seed: int = 0,
+    checkpointing: bool = False,
 ) -> list[dict]:
     """Multi-task GRPO (`grpo_trainer`); checkpoints go to `out` and a rerun resumes from the last. Returns the
     trainer's log history (rewards per step)."""
-    trainer = grpo_trainer(speech, train, rewards, cfg, out, seed)
+    trainer = grpo_trainer(speech, train, rewards, cfg, out, seed, checkpointing)
     trainer.train(resume_from_checkpoint=last_checkpoint(out))
     return list(trainer.state.log_history)

@@ -87,6 +87,18 @@ def plot(series: dict[str, list[tuple[int, float]]], title: str, path: Path) -> 
     return True
 
 
+def describe(model: dict[str, Any]) -> str:
+    """The starting model in words."""
+    if model["family"] == "offline":
+        decoder = Path(model["source"]).name if model["source"] else "SmolLM2-135M-Instruct"
+        return f"Whisper {model['encoder']} encoder (frozen) + projector + {decoder}" + (
+            " with LoRA" if model["lora"] else ""
+        )
+    if model["source"]:
+        return model["source"] + (" with LoRA" if model["lora"] else "")
+    return f"{model['size']} architecture, random initial weights (a test model)"
+
+
 def write_report(out: Path) -> Path:
     """Write OUT/report.md (with plots) and the model card OUT/rl/model/README.md; returns the report's path."""
     run = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))
@@ -103,10 +115,13 @@ def write_report(out: Path) -> Path:
     if plot(kl, "RL: KL to the SFT model", out / "rl_kl.png"):
         figures.append("![RL KL](rl_kl.png)")
     model = run["config"]["model"]
+    # The dataset by name and version (its content hash), not by a path on the machine that trained.
+    manifest = json.loads((Path(run["dataset"]) / "manifest.json").read_text(encoding="utf-8"))
+    data = f"{manifest['name']} (version {manifest['version']})"
     lines = [
         f"# Training report: {run['config']['name']}", "",
-        f"Dataset `{run['dataset']}`; model {model['family']} "
-        f"({model['source'] or model['size'] + ', random initial weights'}); "
+        f"Dataset {data}; model {model['family']} "
+        f"({describe(model)}); "
         f"config fingerprint `{run['fingerprint']}`.",
         "WA is accuracy, UA balanced accuracy (mean recall over the true classes), macro-F1 over the true classes; "
         "an answer that does not parse counts as wrong (`invalid`). Words-only answers from the transcript alone "
@@ -132,8 +147,8 @@ def write_report(out: Path) -> Path:
             f"# {run['config']['name']}: a paralinguistics-aware speech LLM", "",
             f"{model['family']} trained by the PALLM pipeline: SFT on teacher rationales and tone-aware replies, "
             "then multi-task GRPO (answer correctness, format, grounding in measured cues, reply quality).", "",
-            f"- Base: {model['source'] or model['size'] + ' architecture, random initial weights (a test model)'}",
-            f"- Training data: `{run['dataset']}`, splits {run['config']['train_splits']}",
+            f"- Base: {describe(model)}",
+            f"- Training data: {data}, splits {run['config']['train_splits']}",
             f"- Evaluation: splits {run['config']['eval']['splits']}; full results in the run's report.md", "",
             "## Results", "", *comparison_table({k: v for k, v in metrics.items()}, "sentiment"), "",
             "## Limits", "",

@@ -26,7 +26,7 @@ def _trainer_class() -> type:
     return AudioSFTTrainer
 
 
-def sft_args(cfg: SFTSettings, out: Path, seed: int, bf16: bool) -> Any:
+def sft_args(cfg: SFTSettings, out: Path, seed: int, bf16: bool, checkpointing: bool = False) -> Any:
     """TRL's SFTConfig for our examples: keep every column (the collator reads audio), skip TRL's tokenising."""
     from trl import SFTConfig
 
@@ -37,18 +37,22 @@ def sft_args(cfg: SFTSettings, out: Path, seed: int, bf16: bool) -> Any:
         logging_steps=1, save_steps=cfg.save_steps, save_total_limit=2, save_only_model=False,
         remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True},
         report_to=[], seed=seed, bf16=bf16, dataloader_num_workers=0, disable_tqdm=True,
+        gradient_checkpointing=checkpointing,
     )  # fmt: skip
 
 
-def train_sft(speech: SpeechLM, train: list[dict[str, Any]], cfg: SFTSettings, out: Path, seed: int = 0) -> list[dict]:
+def train_sft(
+    speech: SpeechLM, train: list[dict[str, Any]], cfg: SFTSettings, out: Path, seed: int = 0,
+    checkpointing: bool = False,
+) -> list[dict]:  # fmt: skip
     """Fine-tune `speech.model` in place on `train`; checkpoints go to `out` and a rerun resumes from the last.
-    Returns the trainer's log history (loss per step)."""
+    `checkpointing`: gradient checkpointing (less memory, more compute). Returns the log history (loss per step)."""
     import torch
     from datasets import Dataset
 
     bf16 = next(speech.model.parameters()).dtype == torch.bfloat16
     trainer = _trainer_class()(
-        model=speech.model, args=sft_args(cfg, out, seed, bf16), train_dataset=Dataset.from_list(train),
+        model=speech.model, args=sft_args(cfg, out, seed, bf16, checkpointing), train_dataset=Dataset.from_list(train),
         processing_class=speech.processor, data_collator=AudioCollator(speech.processor),
     )  # fmt: skip
     trainer.train(resume_from_checkpoint=last_checkpoint(out))

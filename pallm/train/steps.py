@@ -140,7 +140,8 @@ def run_sft(dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
         return launch("sft", dataset, out, cfg)
     speech = build(cfg.model, checkpoint=base, seed=cfg.seed)
     resumed = last_checkpoint(stage)
-    history = train_sft(speech, train_examples(dataset, cfg), cfg.sft, stage, cfg.seed)
+    history = train_sft(speech, train_examples(dataset, cfg), cfg.sft, stage, cfg.seed,
+                        cfg.model.gradient_checkpointing)  # fmt: skip
     return _finish(speech, stage, resumed, history)
 
 
@@ -177,7 +178,8 @@ def run_rl(dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
         return launch("rl", dataset, out, cfg)
     speech = build(cfg.model, checkpoint=stage_model(out, "sft"), seed=cfg.seed)
     resumed = last_checkpoint(stage)
-    history = train_grpo(speech, train_examples(dataset, cfg), reward_functions(cfg), cfg.rl, stage, cfg.seed)
+    history = train_grpo(speech, train_examples(dataset, cfg), reward_functions(cfg), cfg.rl, stage, cfg.seed,
+                         cfg.model.gradient_checkpointing)  # fmt: skip
     return _finish(speech, stage, resumed, history)
 
 

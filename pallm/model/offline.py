@@ -1,0 +1,213 @@
+"""The offline backbone, assembled from pretrained parts that install from PyPI: Whisper's encoder (frozen,
+CTranslate2, frames cached per clip), a projector that trains, and SmolLM2-135M-Instruct read from its GGUF by
+transformers, with LoRA. No pretrained speech LLM can be downloaded offline; this one starts from real speech
+and real language knowledge, so it shows whether RL adds to SFT.
+
+It follows the Qwen2-Audio convention, so the collator, both trainers and the evaluation use it unchanged: the
+processor expands `<|AUDIO|>` into one token per `stack` encoder frames and returns the frames as
+`input_features` with `feature_attention_mask`; the model puts the projected frames in those tokens' places.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import (
+    CONFIG_MAPPING,
+    AutoConfig,
+    AutoModelForCausalLM,
+    BatchFeature,
+    GenerationMixin,
+    PretrainedConfig,
+    PreTrainedModel,
+    ProcessorMixin,
+)
+
+from pallm.model.common import dtype_for, offline_tokenizer, with_lora
+from pallm.model.speech_lm import CHAT_TEMPLATE, SAMPLE_RATE, SpeechLM
+from pallm.model.whisper_encoder import WhisperEncoder
+from pallm.paths import cache_dir
+from pallm.train.config import ModelConfig
+
+
+class OfflineSpeechConfig(PretrainedConfig):
+    """The decoder's config plus how audio enters it."""
+
+    model_type = "pallm_offline_speech"
+    sub_configs: ClassVar[dict[str, type]] = {"text_config": AutoConfig}
+
+    def __init__(
+        self, text_config: PretrainedConfig | dict | None = None, encoder: str = "base", encoder_dim: int = 512,
+        stack: int = 4, audio_token_index: int = 0, **kwargs: Any,
+    ) -> None:  # fmt: skip
+        if isinstance(text_config, dict):
+            text_config = CONFIG_MAPPING[text_config.get("model_type", "llama")](**text_config)
+        self.text_config = text_config if text_config is not None else CONFIG_MAPPING["llama"]()
+        self.encoder, self.encoder_dim, self.stack = encoder, encoder_dim, stack
+        self.audio_token_index = audio_token_index
+        super().__init__(**kwargs)
+
+
+class Projector(nn.Module):
+    """`stack` consecutive encoder frames -> one decoder embedding (two layers)."""
+
+    def __init__(self, encoder_dim: int, stack: int, hidden: int) -> None:
+        super().__init__()
+        self.stack = stack
+        self.net = nn.Sequential(nn.Linear(encoder_dim * stack, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        b, t, d = frames.shape
+        return self.net(frames.reshape(b, t // self.stack, d * self.stack))
+
+
+class OfflineSpeechLM(PreTrainedModel, GenerationMixin):
+    """Projector + decoder; the encoder stays outside (in the processor), frozen and cached."""
+
+    config_class = OfflineSpeechConfig
+    base_model_prefix = "language_model"
+    _supports_sdpa = True
+    supports_gradient_checkpointing = True  # the decoder's layers checkpoint; the projector is small
+
+    def __init__(self, config: OfflineSpeechConfig) -> None:
+        super().__init__(config)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.projector = Projector(config.encoder_dim, config.stack, config.text_config.hidden_size)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def embed(
+        self, input_ids: torch.Tensor, input_features: torch.Tensor | None, feature_attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Token embeddings with the projected audio in the audio tokens' places."""
+        embeds = self.get_input_embeddings()(input_ids)
+        if input_features is None:
+            return embeds
+        audio = self.projector(input_features.to(embeds.dtype))
+        b = input_features.size(0)
+        valid = feature_attention_mask.reshape(b, -1, self.config.stack).any(dim=-1)
+        slots = input_ids == self.config.audio_token_index
+        if int(slots.sum()) != int(valid.sum()):
+            raise ValueError(f"{int(slots.sum())} audio tokens in the text but {int(valid.sum())} audio embeddings")
+        return embeds.masked_scatter(slots[..., None], audio[valid])
+
+    def forward(
+        self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None, feature_attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None, **kwargs: Any,
+    ) -> Any:  # fmt: skip
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids, input_features, feature_attention_mask)
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
+    @torch.no_grad()
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None, feature_attention_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:  # fmt: skip
+        """Like a decoder-only `generate`: the prompt's ids followed by the new ones."""
+        embeds = self.embed(input_ids, input_features, feature_attention_mask)
+        new = self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+        return torch.cat([input_ids, new.to(input_ids.device)], dim=1)
+
+
+AutoConfig.register(OfflineSpeechConfig.model_type, OfflineSpeechConfig, exist_ok=True)
+# TRL rebuilds a reference model from the checkpoint's folder through the auto classes.
+AutoModelForCausalLM.register(OfflineSpeechConfig, OfflineSpeechLM, exist_ok=True)
+
+
+class OfflineSpeechProcessor(ProcessorMixin):
+    """The tokenizer and the frozen encoder: text with one `<|AUDIO|>` per clip in, ids with the placeholder
+    expanded and the clips' encoder frames out."""
+
+    attributes: ClassVar[list[str]] = ["tokenizer"]
+    tokenizer_class = "AutoTokenizer"
+
+    def __init__(self, tokenizer: Any, chat_template: str | None = None, encoder: WhisperEncoder | None = None,
+                 stack: int = 4) -> None:  # fmt: skip
+        super().__init__(tokenizer, chat_template=chat_template)
+        self.encoder, self.stack = encoder, stack
+
+    def __call__(
+        self, text: list[str], audio: list[np.ndarray], sampling_rate: int = SAMPLE_RATE, padding: bool = True,
+        return_tensors: str = "pt", **kwargs: Any,
+    ) -> BatchFeature:  # fmt: skip
+        if sampling_rate != SAMPLE_RATE:
+            raise ValueError(f"the encoder takes {SAMPLE_RATE} Hz audio, not {sampling_rate} Hz")
+        if self.encoder is None:
+            raise RuntimeError("this processor has no encoder (loaded without one)")
+        if len(text) != len(audio) or any(t.count("<|AUDIO|>") != 1 for t in text):
+            raise ValueError("each text needs exactly one <|AUDIO|> and one clip")
+        frames = self.encoder(audio)
+        tokens = [math.ceil(len(f) / self.stack) for f in frames]
+        expanded = [t.replace("<|AUDIO|>", "<|AUDIO|>" * n) for t, n in zip(text, tokens, strict=True)]
+        enc = self.tokenizer(expanded, padding=padding, return_tensors=return_tensors, **kwargs)
+        width = max(tokens) * self.stack
+        features = np.zeros((len(frames), width, frames[0].shape[1]), np.float32)
+        mask = np.zeros((len(frames), width), np.int64)
+        for k, (f, n) in enumerate(zip(frames, tokens, strict=True)):
+            features[k, : len(f)] = f
+            mask[k, : n * self.stack] = 1  # a last, partly filled token still counts
+        enc["input_features"] = torch.from_numpy(features)
+        enc["feature_attention_mask"] = torch.from_numpy(mask)
+        return enc
+
+    def save_pretrained(self, save_directory: str | Path, **_: Any) -> list[str]:
+        """The tokenizer and the chat template; the encoder is named by the model's config."""
+        return self.tokenizer.save_pretrained(save_directory)
+
+
+def _decoder(source: str | None) -> Any:
+    """The pretrained decoder: a GGUF file, a transformers folder or hub name; unset: the packaged SmolLM2."""
+    if source is None or source.endswith(".gguf"):
+        from pallm.teacher.local import packaged_gguf
+
+        gguf = Path(source) if source else packaged_gguf()
+        return AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return AutoModelForCausalLM.from_pretrained(source)
+
+
+def build(cfg: ModelConfig, checkpoint: Path | None = None, seed: int = 0) -> SpeechLM:
+    """The offline backbone from `checkpoint` (a saved stage), else from its pretrained parts."""
+    dtype = dtype_for(cfg)
+    cache = Path(cfg.encoder_cache) if cfg.encoder_cache else cache_dir("whisper-frames")
+    if checkpoint is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        model = OfflineSpeechLM.from_pretrained(checkpoint, dtype=dtype)
+        encoder = WhisperEncoder(model.config.encoder, cache_dir=cache / model.config.encoder.replace("/", "_"))
+    else:
+        tokenizer = offline_tokenizer(cfg.tokenizer)
+        decoder = _decoder(cfg.source)
+        decoder.resize_token_embeddings(len(tokenizer))
+        encoder = WhisperEncoder(cfg.encoder, cache_dir=cache / cfg.encoder.replace("/", "_"))
+        width = encoder([np.zeros(SAMPLE_RATE, np.float32)])[0].shape[1]
+        config = OfflineSpeechConfig(
+            text_config=decoder.config, encoder=cfg.encoder, encoder_dim=width, stack=cfg.stack,
+            audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
+        )  # fmt: skip
+        torch.manual_seed(seed)
+        model = OfflineSpeechLM(config)
+        model.language_model = decoder
+        model.to(dtype)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    processor = OfflineSpeechProcessor(tokenizer, CHAT_TEMPLATE, encoder=encoder, stack=model.config.stack)
+    if cfg.lora is not None:
+        model = with_lora(model, cfg.lora, projector="projector")
+    return SpeechLM(model=model, processor=processor, family="offline")
