@@ -12,6 +12,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+def read_config_file(path: Path | None) -> dict[str, Any]:
+    """The mapping in a YAML/JSON config file (empty without a file); a clear error for a missing or odd one."""
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping, not {type(data).__name__}")
+    return data
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -163,13 +175,7 @@ class BuildConfig(_Strict):
     @classmethod
     def load(cls, path: Path | None = None, **overrides: Any) -> BuildConfig:
         """Read a YAML/JSON config file (optional) and apply non-None overrides on top."""
-        data: dict[str, Any] = {}
-        if path is not None:
-            if not path.is_file():
-                raise FileNotFoundError(f"config file {path} does not exist")
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            if not isinstance(data, dict):
-                raise ValueError(f"config file {path} must hold a mapping, not {type(data).__name__}")
+        data = read_config_file(path)
         teacher = {k: overrides.pop(f"teacher_{k}", None) for k in ("base_url", "model")}
         data.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(data.get("teacher"), str):

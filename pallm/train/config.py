@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
+
+from pallm.config import read_config_file
 
 
 class _Strict(BaseModel):
@@ -113,13 +114,7 @@ class TrainConfig(_Strict):
     @classmethod
     def load(cls, path: Path | None = None, **overrides: Any) -> TrainConfig:
         """Read a YAML/JSON file (optional) and apply the non-None overrides on top."""
-        data: dict[str, Any] = {}
-        if path is not None:
-            if not path.is_file():
-                raise FileNotFoundError(f"config file {path} does not exist")
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            if not isinstance(data, dict):
-                raise ValueError(f"config file {path} must hold a mapping, not {type(data).__name__}")
+        data = read_config_file(path)
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(data)
 
