@@ -157,10 +157,16 @@ def test_prefect_yaml_deploys_to_a_process_pool_and_a_worker_runs_it(
 
     created = cli("work-pool", "create", "pallm-process", "--type", "process", "--overwrite")
     assert created.returncode == 0, created.stdout + created.stderr
+    template = ROOT / "deploy" / "k8s-gpu-job-template.json"
+    created = cli("work-pool", "create", "pallm-k8s-gpu", "--type", "kubernetes", "--base-job-template",
+                  str(template), "--overwrite")  # fmt: skip
+    assert created.returncode == 0, created.stdout + created.stderr
     deployed = cli("deploy", "--all", timeout=180)
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     inspected = cli("deployment", "inspect", "build-dataset/demo")
     assert inspected.returncode == 0 and "pallm-process" in inspected.stdout
+    gpu = cli("deployment", "inspect", "train-pallm/gpu")
+    assert gpu.returncode == 0 and "pallm-k8s-gpu" in gpu.stdout and "'gpus': 8" in gpu.stdout, gpu.stdout
     out = tmp_path / "from-pool"
     queued = cli("deployment", "run", "build-dataset/default", "--param", f'corpora=["ravdess={ravdess16k}"]',
                  "--param", f"out={out}", "--param", "limit=6", "--param", "name=pool", "--param", "teacher=rules",
