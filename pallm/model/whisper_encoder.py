@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pallm.shards import atomic_path
+
 FRAME_S = 0.02  # one encoder frame per 20 ms of audio
 WINDOW_S = 30.0
 SAMPLE_RATE = 16_000
@@ -73,8 +75,6 @@ class WhisperEncoder:
             for k, frames in zip(todo, self._encode([clips[k] for k in todo]), strict=True):
                 out[k] = frames
                 if paths[k] is not None:
-                    paths[k].parent.mkdir(parents=True, exist_ok=True)
-                    tmp = paths[k].with_suffix(".tmp.npy")
-                    np.save(tmp, frames.astype(np.float16))
-                    tmp.replace(paths[k])
+                    with atomic_path(paths[k]) as tmp, tmp.open("wb") as f:
+                        np.save(f, frames.astype(np.float16))
         return [o for o in out if o is not None]

@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pallm.shards import write_json_atomic
+
 DONE = "done.json"
 
 
@@ -28,7 +30,4 @@ def finished(stage_dir: Path) -> dict[str, Any] | None:
 
 def mark_finished(stage_dir: Path, record: dict[str, Any]) -> None:
     """Record a stage as finished, atomically: a crash leaves the stage unfinished, never half-marked."""
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    tmp = stage_dir / f".{DONE}.tmp"
-    tmp.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
-    tmp.replace(stage_dir / DONE)
+    write_json_atomic(stage_dir / DONE, record)

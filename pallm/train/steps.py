@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pallm.shards import write_json_atomic
 from pallm.train.checkpoints import finished, last_checkpoint, mark_finished
 from pallm.train.config import TrainConfig
 from pallm.train.data import examples
@@ -210,7 +211,5 @@ def run_eval(dataset: Path, out: Path, cfg: TrainConfig, system: str) -> dict[st
     with (out / "eval" / f"{system}.jsonl").open("w", encoding="utf-8") as f:
         for a in answers:
             f.write(json.dumps(a) + "\n")
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=1), encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(path, metrics)
     return metrics
