@@ -124,3 +124,17 @@ def test_examples_follow_the_reviews(reviewable: Path, tmp_path: Path) -> None:
     n_und = sum(e["task"] == UNDERSTAND for e in quarter)
     assert sum(e["task"] == REPLY for e in quarter) == len(rows) - 1 and 0 < n_und < len(rows) - 1
     assert quarter == examples(ds, understand_share=0.25, seed=1), "the mix is reproducible"
+
+
+def test_evaluation_limit_takes_a_seeded_sample_not_the_first_ids(trainable: Path) -> None:
+    from pallm.train.config import TrainConfig
+    from pallm.train.steps import eval_examples
+
+    cfg = TrainConfig.model_validate({"eval": {"splits": ["validation"], "limit": 3}})
+    every = sorted({e["id"] for e in examples(trainable, 0.5, 0, ["validation"])})
+    picked = eval_examples(trainable, cfg)
+    ids = sorted({e["id"] for e in picked})
+    assert len(ids) == 3 and set(ids) < set(every)
+    assert ids != every[:3], "RAVDESS ids sort by emotion: the first ones would be a biased sample"
+    assert sorted(e["task"] for e in picked) == sorted([UNDERSTAND, REPLY] * 3), "both tasks of each row"
+    assert [e["id"] for e in eval_examples(trainable, cfg)] == [e["id"] for e in picked], "the same sample again"

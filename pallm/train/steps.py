@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -62,18 +63,21 @@ def train_examples(dataset: Path, cfg: TrainConfig) -> list[dict[str, Any]]:
 
 
 def eval_examples(dataset: Path, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Both tasks of every row of the evaluation splits (at most `eval.limit` rows per split)."""
+    """Both tasks of every row of the evaluation splits, or of a seeded random sample of `eval.limit` rows per
+    split (not the first ones: ids sort by label in some corpora, RAVDESS among them)."""
     rows = examples(dataset, 0.5, cfg.seed, cfg.eval.splits)
     if cfg.eval.limit is None:
         return rows
-    kept: dict[str, set[str]] = {}
-    out = []
+    ids: dict[str, list[str]] = {}
     for r in rows:
-        ids = kept.setdefault(r["split"], set())
-        if r["id"] in ids or len(ids) < cfg.eval.limit:
-            ids.add(r["id"])
-            out.append(r)
-    return out
+        ids.setdefault(r["split"], []).append(r["id"])
+    rng = random.Random(cfg.seed)
+    keep = {
+        i
+        for split_ids in ids.values()
+        for i in rng.sample(sorted(set(split_ids)), min(cfg.eval.limit, len(set(split_ids))))
+    }
+    return [r for r in rows if r["id"] in keep]
 
 
 def stage_model(out: Path, stage: str) -> Path:
