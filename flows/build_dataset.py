@@ -19,9 +19,8 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.utilities.annotations import quote
 
+from flows.runners import asking_for_gpus, task_runner
 from pallm import pipeline
 from pallm.config import BuildConfig, CorpusSpec
 from pallm.cues.normalize import SpeakerNorms
@@ -58,6 +57,8 @@ def make_config(
     cards_index: str | None,
     teacher_base_url: str | None = None,
     teacher_model: str | None = None,
+    runner: str | None = None,
+    cluster: str | None = None,
 ) -> BuildConfig:
     """Merge a config file (optional) with the flow parameters that were given."""
     return BuildConfig.load(
@@ -71,6 +72,8 @@ def make_config(
         limit=limit,
         name=name,
         workers=workers,
+        runner=runner,
+        cluster=cluster,
         cards_index=Path(cards_index) if cards_index else None,
     )
 
@@ -88,30 +91,34 @@ def build_dataset(
     cards_index: str | None = None,
     teacher_base_url: str | None = None,
     teacher_model: str | None = None,
+    runner: str | None = None,
+    cluster: str | None = None,
 ) -> dict[str, Any]:
     """Build a versioned Parquet dataset with a data card from speech corpora.
 
     `corpora` takes the CLI's `NAME=PATH` strings (e.g. `["ravdess=/data/RAVDESS"]`); with none,
     the built-in synthetic corpus is used. `teacher` is none, rules, openai (with `teacher_base_url`
-    and `teacher_model`) or local. Returns a summary: rows, quarantined, output folder.
+    and `teacher_model`) or local. `runner` is serial (threads here), dask or ray, on the cluster at
+    `cluster` or a local one of `workers` processes. Returns a summary: rows, quarantined, output folder.
     """
     log = get_run_logger()
     cfg = make_config(corpora, out, asr, teacher, limit, config, name, workers, cards_index, teacher_base_url,
-                      teacher_model)  # fmt: skip
+                      teacher_model, runner, cluster)  # fmt: skip
     plan = pipeline.plan(cfg)
     pipeline.prepare_output(cfg.out)
     log.info(
-        "planned %d utterances in %d chunks (%d quarantined at ingest) -> %s",
-        plan.total_rows, len(plan.chunks), len(plan.quarantined), cfg.out,
+        "planned %d utterances in %d chunks (%d quarantined at ingest) -> %s, on %s",
+        plan.total_rows, len(plan.chunks), len(plan.quarantined), cfg.out, cfg.runner,
     )  # fmt: skip
     progress = create_progress_artifact(0.0, description=f"chunks of {cfg.name} measured, then described")
     total = 2 * max(1, len(plan.chunks))
     measured: list[pipeline.ChunkResult] = []
     results: list[pipeline.ChunkResult] = []
-    # quote(): Prefect need not walk every row of a chunk looking for futures to wait on.
-    with ThreadPoolTaskRunner(max_workers=cfg.workers) as runner:
-        shared = {"stages": quote(plan.stages), "config": quote(cfg)}
-        futures = [runner.submit(process_chunk, {"chunk": quote(c), **shared}) for c in plan.chunks]
+    # No quote() around the arguments: Dask's serialisation turns it into a plain tuple on the worker.
+    with task_runner(cfg) as runner:
+        shared = {"stages": plan.stages, "config": cfg}
+        with asking_for_gpus(cfg):
+            futures = [runner.submit(process_chunk, {"chunk": c, **shared}) for c in plan.chunks]
         for fut in as_completed(futures):
             measured.append(fut.result())
             update_progress_artifact(progress, 100.0 * len(measured) / total)
@@ -120,9 +127,9 @@ def build_dataset(
         with local.serving(cfg.teacher, log=cfg.out / pipeline.STATE_DIR / "teacher-server.log") as teacher_cfg:
             described = cfg.model_copy(update={"teacher": teacher_cfg})
             stages = pipeline.describe_stages(described, norms, probe)
-            shared = {"stages": quote(stages), "norms": quote(norms), "probe": quote(probe), "config": quote(described)}
+            shared = {"stages": stages, "norms": norms, "probe": probe, "config": described}
             try:
-                futures = [runner.submit(describe_chunk, {"measured": quote(m), **shared}) for m in measured]
+                futures = [runner.submit(describe_chunk, {"measured": m, **shared}) for m in measured]
                 for fut in as_completed(futures):
                     results.append(fut.result())
                     update_progress_artifact(progress, 100.0 * (len(measured) + len(results)) / total)

@@ -56,7 +56,15 @@ def build_dataset(
     limit: Annotated[int | None, typer.Option(help="at most N utterances per corpus")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML or JSON config file; flags override it")] = None,
     name: Annotated[str | None, typer.Option(help="dataset name")] = None,
-    workers: Annotated[int | None, typer.Option(help="chunks processed at once (default: CPU count)")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="chunks processed at once: threads, or local dask/ray workers (default: CPUs)")
+    ] = None,
+    runner: Annotated[
+        str | None, typer.Option(help="where chunks run: serial (this process, default), dask or ray")
+    ] = None,
+    cluster: Annotated[
+        str | None, typer.Option(help="dask/ray: address of a running cluster (default: start a local one)")
+    ] = None,
     cards_index: Annotated[
         Path | None, typer.Option(help="folder keeping a copy of every card and an index (default: data_cards)")
     ] = None,
@@ -64,6 +72,7 @@ def build_dataset(
     """Build Parquet shards and a data card from speech corpora, through the build-dataset flow."""
     from pydantic import ValidationError
 
+    from flows.runners import check_runner
     from pallm.config import BuildConfig, CorpusSpec
     from pallm.corpora import CorpusError
     from pallm.pipeline import build_stages, check_output, resolve_corpus
@@ -72,12 +81,13 @@ def build_dataset(
         cfg = BuildConfig.load(
             config, corpora=[CorpusSpec.parse(c) for c in corpus] if corpus else None, asr=asr, teacher=teacher,
             teacher_base_url=teacher_base_url, teacher_model=teacher_model, limit=limit, name=name,
-            workers=workers, out=out,
+            workers=workers, runner=runner, cluster=cluster, out=out,
         )  # fmt: skip
         for spec in cfg.corpora:  # fail before Prefect starts
             resolve_corpus(spec)
         build_stages(cfg)  # model folders: a missing or incomplete one is named now
         check_output(cfg.out)
+        check_runner(cfg)
     except ValidationError as e:
         _fail("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()))
     except (CorpusError, FileNotFoundError, ValueError) as e:
@@ -88,8 +98,8 @@ def build_dataset(
     summary = flow(
         corpora=corpus, out=str(cfg.out), asr=asr, teacher=teacher, teacher_base_url=teacher_base_url,
         teacher_model=teacher_model, limit=limit,
-        config=str(config.resolve()) if config else None, name=name, workers=workers,
-        cards_index=str(cards_index or cfg.cards_index or "data_cards"),
+        config=str(config.resolve()) if config else None, name=name, workers=workers, runner=runner,
+        cluster=cluster, cards_index=str(cards_index or cfg.cards_index or "data_cards"),
     )  # fmt: skip
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"data card: {Path(summary['out']) / 'README.md'}", err=True)

@@ -146,7 +146,19 @@ class BuildConfig(_Strict):
     )
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     limit: int | None = Field(None, ge=1, description="at most this many utterances per corpus")
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1,
+        description="chunks processed at once: threads (serial) or local worker processes (dask, ray)",
+    )  # fmt: skip
+    runner: Literal["serial", "dask", "ray"] = Field(
+        "serial", description="where chunk tasks run: in this process, or on a Dask or Ray cluster"
+    )
+    cluster: str | None = Field(
+        None, description="address of a running Dask scheduler or Ray cluster; none starts a local one"
+    )
+    asr_gpus: float = Field(
+        0, ge=0, description="GPUs each measuring task (ASR) asks of a Dask/Ray cluster: it then runs on GPU workers"
+    )
     audio: AudioConfig = Field(default_factory=AudioConfig)
     speech: SpeechConfig = Field(default_factory=SpeechConfig)
     shards: ShardConfig = Field(default_factory=ShardConfig)
@@ -185,8 +197,9 @@ class BuildConfig(_Strict):
         return cls.model_validate(data)
 
     def fingerprint(self) -> str:
-        """Hash of the settings that change the output; where things live and how many workers run are left out."""
-        runtime = {"out": True, "workers": True, "cards_index": True, "speech": {"threads"}, "teacher": TEACHER_RUNTIME}
+        """Hash of the settings that change the output; where things live and run, and on how many workers, are not."""
+        runtime = {"out": True, "workers": True, "runner": True, "cluster": True, "asr_gpus": True, "cards_index": True,
+                   "speech": {"threads"}, "teacher": TEACHER_RUNTIME}  # fmt: skip
         keep = self.model_dump(mode="json", exclude=runtime)
         for c in keep["corpora"]:
             c.pop("path", None)

@@ -38,6 +38,9 @@ class SpeechStep:
         self._transcriber: Transcriber | None = None
         self._aligner: Any = None
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return SpeechStep, (self.model, self.config)  # to another process without the loaded models
+
     def transcriber(self) -> Transcriber:
         with self._lock:
             if self._transcriber is None:
@@ -140,6 +143,9 @@ class DiarizeStep:
         self.diarized = diarized
         self._lock = threading.Lock()
         self._diarizer: Any = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return DiarizeStep, (self.config, self.diarized)  # to another process without the loaded pipeline
 
     def diarizer(self) -> Any:
         import os

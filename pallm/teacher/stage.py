@@ -76,6 +76,10 @@ class TeacherStep:
         self._client: TeacherClient | None = None
         self._closed_stats = Stats()  # what the last client did, kept after close()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # To another process without the client: each worker opens its own (the cache file is shared).
+        return TeacherStep, (self.cfg, self.model, self.cache_path)
+
     @property
     def prompt_version(self) -> str:
         if self.cfg.backend == "rules":
