@@ -93,13 +93,18 @@ def build_dataset(
     teacher_model: str | None = None,
     runner: str | None = None,
     cluster: str | None = None,
+    train: str | None = None,
+    train_parameters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build a versioned Parquet dataset with a data card from speech corpora.
 
     `corpora` takes the CLI's `NAME=PATH` strings (e.g. `["ravdess=/data/RAVDESS"]`); with none,
     the built-in synthetic corpus is used. `teacher` is none, rules, openai (with `teacher_base_url`
     and `teacher_model`) or local. `runner` is serial (threads here), dask or ray, on the cluster at
-    `cluster` or a local one of `workers` processes. Returns a summary: rows, quarantined, output folder.
+    `cluster` or a local one of `workers` processes. `train` names a train-pallm deployment (e.g.
+    "train-pallm/gpu") to start on the finished dataset, on that deployment's own infrastructure, with
+    `train_parameters` added (default run folder: runs/<name>-<version> beside the datasets folder).
+    Returns a summary: rows, quarantined, output folder, and the training run started.
     """
     log = get_run_logger()
     cfg = make_config(corpora, out, asr, teacher, limit, config, name, workers, cards_index, teacher_base_url,
@@ -145,7 +150,7 @@ def build_dataset(
         log.info("nothing changed since the last build of %s", cfg.out)
     manifest = final["manifest"]
     publish(cfg.out, manifest)
-    return {
+    summary = {
         "out": str(cfg.out.resolve()),
         "version": manifest["version"],
         "rows": manifest["rows"],
@@ -153,6 +158,23 @@ def build_dataset(
         "chunks": len(results),
         "chunks_cached": cached,
     }
+    if train:
+        summary["training"] = start_training(train, cfg.out.resolve(), manifest, train_parameters or {})
+    return summary
+
+
+def start_training(deployment: str, dataset: Path, manifest: dict[str, Any], parameters: dict[str, Any]) -> str:
+    """Queue a run of a train-pallm deployment on the dataset and return its id at once: the training runs on
+    the deployment's work pool (a GPU pool, say), not in this process. The default run folder is named by the
+    dataset's version, so a rebuild that changed nothing resumes (and so skips) the same training run."""
+    from prefect.deployments import run_deployment
+
+    default_out = dataset.parent.parent / "runs" / f"{manifest['name']}-{manifest['version']}"
+    params = {"dataset": str(dataset), "out": str(default_out), **parameters}
+    run = run_deployment(deployment, parameters=params, timeout=0, as_subflow=False,
+                         tags=["pallm", f"dataset:{manifest['name']}-{manifest['version']}"])  # fmt: skip
+    get_run_logger().info("started %s (flow run %s) on %s, into %s", deployment, run.name, dataset, params["out"])
+    return str(run.id)
 
 
 def publish(out: Path, manifest: dict[str, Any]) -> None:

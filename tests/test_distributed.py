@@ -14,9 +14,8 @@ from build_helpers import make_tree
 from pallm import pipeline
 
 # What may differ between two builds of the same data: when, by which run, where it was written and ran.
-RUNTIME_LINES = re.compile(
-    r"Built by the PALLM pipeline .* on .*|\| run id \|.*|.*\"(out|cards_index|workers|runner|cluster|asr_gpus|threads)\": .*"
-)
+RUNTIME_KEYS = "out|cards_index|workers|runner|cluster|asr_gpus|threads"
+RUNTIME_LINES = re.compile(rf"Built by the PALLM pipeline .* on .*|\| run id \|.*|.*\"({RUNTIME_KEYS})\": .*")
 
 
 def build(runner: str, root: Path, out: Path, config: Path) -> dict:

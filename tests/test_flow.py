@@ -146,36 +146,68 @@ def test_deployment_run_builds_a_dataset(prefect_server: dict[str, str], ravdess
             os.killpg(serve.pid, signal.SIGKILL)
 
 
-def test_prefect_yaml_deploys_to_a_process_pool_and_a_worker_runs_it(
-    prefect_server: dict[str, str], ravdess16k: Path, tmp_path: Path
+def test_prefect_yaml_deploys_to_a_process_pool_and_a_finished_build_starts_training(
+    prefect_env: dict[str, str], ravdess16k: Path, tmp_path: Path
 ) -> None:
+    """`prefect deploy --all`, then a worker of the process pool runs a build whose `train` parameter queues a
+    train-pallm run through its deployment; the next worker pickup runs that training on the finished dataset."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
+
     prefect = str(Path(sys.executable).parent / "prefect")
 
     def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([prefect, "--no-prompt", *args], cwd=ROOT, env=prefect_server, capture_output=True,
+        return subprocess.run([prefect, "--no-prompt", *args], cwd=ROOT, env=prefect_env, capture_output=True,
                               text=True, timeout=timeout)  # fmt: skip
 
     created = cli("work-pool", "create", "pallm-process", "--type", "process", "--overwrite")
     assert created.returncode == 0, created.stdout + created.stderr
-    template = ROOT / "deploy" / "k8s-gpu-job-template.json"
-    created = cli("work-pool", "create", "pallm-k8s-gpu", "--type", "kubernetes", "--base-job-template",
-                  str(template), "--overwrite")  # fmt: skip
-    assert created.returncode == 0, created.stdout + created.stderr
+    for pool in ("pallm-k8s-cpu", "pallm-k8s-gpu"):
+        created = cli("work-pool", "create", pool, "--type", "kubernetes", "--base-job-template",
+                      str(ROOT / "deploy" / "k8s-job-template.json"), "--overwrite")  # fmt: skip
+        assert created.returncode == 0, created.stdout + created.stderr
     deployed = cli("deploy", "--all", timeout=180)
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     inspected = cli("deployment", "inspect", "build-dataset/demo")
     assert inspected.returncode == 0 and "pallm-process" in inspected.stdout
     gpu = cli("deployment", "inspect", "train-pallm/gpu")
     assert gpu.returncode == 0 and "pallm-k8s-gpu" in gpu.stdout and "'gpus': 8" in gpu.stdout, gpu.stdout
-    out = tmp_path / "from-pool"
+    assert "nvidia.com/gpu.present" in gpu.stdout, "the node selector reaches the deployment"
+
+    out, run = tmp_path / "from-pool", tmp_path / "run"
+    quick = tmp_path / "train-quick.yaml"  # the tiny model, a few steps: this checks the hand-over, not learning
+    quick.write_text(
+        "model: {family: qwen2-audio, size: tiny, dtype: float32}\ntrain_splits: [validation, test]\n"
+        "sft: {max_steps: 2, batch_size: 2, save_steps: 2}\n"
+        "rl: {max_steps: 1, batch_size: 2, num_generations: 2, max_completion_length: 8, save_steps: 1}\n"
+        "eval: {splits: [validation], max_new_tokens: 8, batch_size: 4, limit: 2}\n"
+    )
+    train_params = json.dumps({"out": str(run), "config": str(quick)})
     queued = cli("deployment", "run", "build-dataset/default", "--param", f'corpora=["ravdess={ravdess16k}"]',
                  "--param", f"out={out}", "--param", "limit=6", "--param", "name=pool", "--param", "teacher=rules",
-                 "--param", f"cards_index={tmp_path / 'cards'}")  # fmt: skip
+                 "--param", f"cards_index={tmp_path / 'cards'}", "--param", "train=train-pallm/cpu",
+                 "--param", f"train_parameters={train_params}")  # fmt: skip
     assert queued.returncode == 0, queued.stdout + queued.stderr
     worker = cli("worker", "start", "--pool", "pallm-process", "--run-once", timeout=300)
     assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["rows"] == 6 and manifest["name"] == "pool"
+
+    def training_runs() -> list:
+        with get_client(sync_client=True) as client:
+            only_cpu = DeploymentFilter(name=DeploymentFilterName(any_=["cpu"]))
+            return client.read_flow_runs(deployment_filter=only_cpu, flow_run_filter=FlowRunFilter())
+
+    (queued_run,) = training_runs()  # queued by the build, not run inside it
+    assert queued_run.state.is_scheduled(), queued_run.state
+    assert queued_run.parameters["dataset"] == str(out.resolve()) and queued_run.parameters["out"] == str(run)
+    assert f"dataset:pool-{manifest['version']}" in queued_run.tags
+    assert not run.exists()
+    worker = cli("worker", "start", "--pool", "pallm-process", "--run-once", timeout=420)
+    assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+    (done,) = training_runs()
+    assert done.id == queued_run.id and done.state.is_completed(), done.state
+    assert (run / "report.md").is_file() and (run / "eval" / "after-rl.json").is_file()
 
 
 def test_cli_config_file_options_reach_the_build(
