@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 
 from pallm.train import report, steps
@@ -46,16 +51,23 @@ def train_pallm(dataset: str, out: str, config: str | None = None) -> dict[str, 
     data, run = Path(dataset), Path(out)
     steps.start_run(data, run, cfg)
     log.info("training %s on %s into %s", cfg.name, data, run)
+    progress = create_progress_artifact(0.0, description=f"{cfg.name}: share of the run done (steps weighted by time)")
     evaluate(data, run, cfg, "words-only")
     evaluate(data, run, cfg, "before-sft")
+    update_progress_artifact(progress, 15)
     loss = [e["loss"] for e in sft(data, run, cfg)["history"] if "loss" in e]
     log.info("SFT loss %.3f -> %.3f over %d steps", loss[0], loss[-1], len(loss)) if loss else None
+    update_progress_artifact(progress, 50)
     evaluate(data, run, cfg, "after-sft")
+    update_progress_artifact(progress, 60)
     rewards = [e["reward"] for e in rl(data, run, cfg)["history"] if "reward" in e]
     log.info("RL mean reward %.3f -> %.3f over %d steps", rewards[0], rewards[-1], len(rewards)) if rewards else None
+    update_progress_artifact(progress, 90)
     evaluate(data, run, cfg, "after-rl")
+    update_progress_artifact(progress, 97)
     path = report.write_report(run)
     publish(run, path)
+    update_progress_artifact(progress, 100)
     return summary(run)
 
 

@@ -178,6 +178,33 @@ app.add_typer(review_app, name="review")
 
 
 @app.command()
+def demo(
+    teacher: Annotated[
+        str, typer.Option(help="local (SmolLM2, about 18 min on two cores) or rules (templates, about 4 min)")
+    ] = "local",
+    prefect_port: Annotated[int, typer.Option(help="Prefect UI and API port (another if taken)")] = 4200,
+    ui_port: Annotated[int, typer.Option(help="annotation UI port (another if taken)")] = 8000,
+    work: Annotated[Path, typer.Option(help="folder for the dataset, run, Prefect database and logs")] = Path("demo"),
+    build_config: Annotated[Path | None, typer.Option(help="build config (default: all the built-in corpus)")] = None,
+    train_config: Annotated[
+        Path | None, typer.Option(help="training config (default: configs/train-tiny.yaml)")
+    ] = None,
+    exit_when_done: Annotated[bool, typer.Option(help="stop everything once the training is done")] = False,
+) -> None:
+    """The whole product here, in one go: a Prefect server and worker, build-dataset on the built-in corpus,
+    a review sample in the annotation UI, the tiny train-pallm; then where to look. Ctrl-C stops it all."""
+    if teacher not in ("local", "rules"):
+        _fail("--teacher must be local or rules")
+    from flows.demo import run_demo
+
+    try:
+        run_demo(teacher=teacher, work=work, prefect_port=prefect_port, ui_port=ui_port, build_config=build_config,
+                 train_config=train_config, keep_serving=not exit_when_done)  # fmt: skip
+    except RuntimeError as e:
+        _fail(str(e))
+
+
+@app.command()
 def serve() -> None:
     """Register the deployments with the Prefect server and run them when asked (Ctrl-C stops)."""
     from flows.serve import main
