@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import psutil
+from bench_build import start_prefect  # run as a script, bench/ is on the path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "ravdess16k"
@@ -54,31 +55,6 @@ def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
     return seconds, peak
 
 
-def prefect_server(home: Path) -> tuple[subprocess.Popen, dict[str, str]]:
-    """A Prefect server for the whole benchmark, so no build pays for starting one."""
-    import socket
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
-           "PYANNOTE_METRICS_ENABLED": "0"}  # fmt: skip
-    prefect = str(Path(sys.executable).parent / "prefect")
-    server = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    for _ in range(180):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
-                if r.read() == b"true":
-                    return server, env
-        except OSError:
-            time.sleep(0.5)
-    server.kill()
-    raise SystemExit("the Prefect server did not start")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
@@ -89,7 +65,8 @@ def main() -> None:
     if not args.corpus.is_dir():
         raise SystemExit(f"RAVDESS clips not found at {args.corpus}")
     work = Path(tempfile.mkdtemp(prefix="pallm-bench-dist-"))
-    server, env = prefect_server(work / "prefect")
+    server, env = start_prefect(work / "prefect")
+    env.update(HF_HUB_OFFLINE="1", PYANNOTE_METRICS_ENABLED="0")
     config = work / "build.yaml"
     config.write_text(f"shards: {{chunk_rows: {args.chunk_rows}}}\n")
     rows = []
