@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from review_helpers import add_users
 from sqlalchemy import select
 
@@ -138,3 +139,18 @@ def test_evaluation_limit_takes_a_seeded_sample_not_the_first_ids(trainable: Pat
     assert ids != every[:3], "RAVDESS ids sort by emotion: the first ones would be a biased sample"
     assert sorted(e["task"] for e in picked) == sorted([UNDERSTAND, REPLY] * 3), "both tasks of each row"
     assert [e["id"] for e in eval_examples(trainable, cfg)] == [e["id"] for e in picked], "the same sample again"
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((ROOT / "configs").glob("train-*.yaml")) + sorted((ROOT / "bench" / "configs").glob("train-*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_shipped_training_configs_are_valid_and_leave_room_for_an_answer(path: Path) -> None:
+    """Every training config in the repo loads; the ones of pretrained models generate enough tokens for a
+    whole understanding answer (about 110 with the rules teacher's rationales), labels last."""
+    from pallm.train.config import TrainConfig
+
+    cfg = TrainConfig.load(path)
+    if cfg.model.family == "offline" or cfg.model.size != "tiny":
+        assert cfg.eval.max_new_tokens >= 128 and cfg.rl.max_completion_length >= 128, path.name
