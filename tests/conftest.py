@@ -19,6 +19,8 @@ SHARED = ROOT.parent / "shared"
 RAVDESS16K = SHARED / "corpora" / "ravdess16k"
 RAVDESS48K = SHARED / "corpora" / "ravdess48k_samples"
 
+pytest_plugins = ["reliability"]  # the fault tests' ledger and summary: tests/reliability.py
+
 # No internet here, and nothing may phone home.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")

@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from build_helpers import make_tree
 from conftest import ROOT
+from reliability import Ledger
 
 from pallm.shards import TMP_PREFIX, sha256_file
 
@@ -31,7 +33,10 @@ def snapshot(out: Path) -> dict[str, str]:
     return {s["path"]: s["sha256"] for s in manifest["shards"]}
 
 
-def test_sigkill_at_random_points_then_rerun(prefect_server: dict[str, str], ravdess16k: Path, tmp_path: Path) -> None:
+@pytest.mark.reliability
+def test_sigkill_at_random_points_then_rerun(
+    prefect_server: dict[str, str], ravdess16k: Path, tmp_path: Path, fault_rng: random.Random, ledger: Ledger
+) -> None:
     root = tmp_path / "corpus"
     expect = make_tree(ravdess16k, root, real_per_actor=12)
     config = tmp_path / "build.yaml"
@@ -44,16 +49,16 @@ def test_sigkill_at_random_points_then_rerun(prefect_server: dict[str, str], rav
     duration = time.monotonic() - t
 
     total = len(list((reference / ".pallm" / "chunks").iterdir()))
-    rng = random.Random(1234)
     # Each scenario: a fresh folder, one SIGKILL at a point of the build, then a rerun that must finish.
     scenarios = {"random": None, "first chunk": 1, "half the chunks": max(1, total // 2), "all chunks": total}
     mid_build = 0
+    bad = len(expect["bad_audio"]) + len(expect["bad_names"])  # quarantined by every build
     for name, wait_for in scenarios.items():
         out = tmp_path / name.replace(" ", "-")
         records = out / ".pallm" / "chunks"
         proc = start_build(root, out, config, prefect_server)
         if wait_for is None:
-            time.sleep(rng.uniform(0.3, duration))
+            time.sleep(fault_rng.uniform(0.3, duration))
         else:
             deadline = time.monotonic() + 2 * duration
             while proc.poll() is None and time.monotonic() < deadline:
@@ -69,6 +74,11 @@ def test_sigkill_at_random_points_then_rerun(prefect_server: dict[str, str], rav
         rerun = start_build(root, out, config, prefect_server)
         assert rerun.wait(timeout=300) == 0, (name, rerun.stderr.read()[-3000:])
         check_same(out, reference, expect["good"])
+        ids = [i for p in snapshot(out) for i in pq.read_table(out / p, columns=["id"]).column("id").to_pylist()]
+        ledger.record(f"build: SIGKILL at {name}", f"killed after {done}/{total} chunks, rerun" if killed
+                      else "the build finished before the kill, rerun", items=len(expect["good"]) + bad,
+                      delivered=len(set(ids)), quarantined=pq.read_metadata(out / "quarantine.parquet").num_rows,
+                      duplicates=len(ids) - len(set(ids)))  # fmt: skip
     assert mid_build >= 1, "no kill landed while chunks were being written"
 
 

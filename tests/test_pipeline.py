@@ -12,7 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from build_helpers import BAD_NAMES, CONVERTED, build, make_tree, shard_rows
+from build_helpers import BAD_AUDIO, BAD_NAMES, CONVERTED, build, make_tree, shard_rows
+from reliability import Ledger
 
 from pallm import pipeline
 from pallm.config import BuildConfig, CorpusSpec, ShardConfig
@@ -34,7 +35,10 @@ def config(root: Path, out: Path, **kw: object) -> BuildConfig:
     )  # fmt: skip
 
 
-def test_build_writes_good_rows_and_quarantines_bad_ones(tree: tuple[Path, dict], tmp_path: Path) -> None:
+@pytest.mark.reliability
+def test_build_writes_good_rows_and_quarantines_bad_ones(
+    tree: tuple[Path, dict], tmp_path: Path, ledger: Ledger
+) -> None:
     root, expect = tree
     out = tmp_path / "out"
     build(config(root, out))
@@ -51,6 +55,10 @@ def test_build_writes_good_rows_and_quarantines_bad_ones(tree: tuple[Path, dict]
         (s, True) for s in BAD_NAMES
     ]
     assert len(quarantine) == len(expect["bad_audio"]) + len(BAD_NAMES)
+    kinds = ", ".join(kind for kind, _ in BAD_AUDIO.values())
+    ledger.record("bad inputs: one corpus", f"{len(BAD_AUDIO)} broken files ({kinds}), {len(BAD_NAMES)} misnamed",
+                  items=len(expect["good"]) + len(BAD_AUDIO) + len(BAD_NAMES), delivered=len(set(ids)),
+                  quarantined=len(quarantine), duplicates=len(ids) - len(set(ids)))  # fmt: skip
     for r in rows:
         if r["id"].removeprefix("ravdess/") in CONVERTED:
             subtype, rate, channels = CONVERTED[r["id"].removeprefix("ravdess/")]

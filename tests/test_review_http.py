@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from reliability import Ledger
 from review_helpers import XSS, add_users, csrf_of, logged_in, plant_rationale, review_server
 from sqlalchemy import select
 
@@ -196,7 +197,8 @@ def test_two_reviewers_never_overwrite_each_other(server) -> None:
     assert f"/adjudicate/{item_id}" not in rev1.get("/conflicts").text
 
 
-def test_a_confirmed_save_survives_killing_the_server(server) -> None:
+@pytest.mark.reliability
+def test_a_confirmed_save_survives_killing_the_server(server, ledger: Ledger) -> None:
     base, proc, url = server
     ann1 = logged_in(base, "ann1")
     item_id, page = _first_item(ann1)
@@ -208,7 +210,14 @@ def test_a_confirmed_save_survives_killing_the_server(server) -> None:
     proc.wait(10)
     with db.open_db(url) as sessions, sessions() as s:
         d = s.scalar(select(Decision).where(Decision.item_id == item_id))
+        stored = len(s.scalars(select(Decision)).all())
     assert (d.decision, d.reasons, d.comment) == ("reject", ["audio_problem", "invented_cue"], "hiss")
+    ledger.record(
+        f"review: SIGKILL after one save ({url.split(':', 1)[0]})",
+        "server killed right after the 303",
+        items=1,
+        delivered=stored,
+    )
 
 
 def test_add_user_reads_the_password_from_standard_input(review_db: str, free_port: int, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -11,9 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import ROOT
 from openai_double import Double, serve
+from reliability import Ledger
 from teacher_helpers import rows, small_tree
 
 
@@ -39,7 +42,10 @@ def answers_in(cache: Path) -> int:
         return 0
 
 
-def test_sigkill_mid_teacher_then_rerun(prefect_server: dict[str, str], ravdess16k: Path, tmp_path: Path) -> None:
+@pytest.mark.reliability
+def test_sigkill_mid_teacher_then_rerun(
+    prefect_server: dict[str, str], ravdess16k: Path, tmp_path: Path, fault_rng: random.Random, ledger: Ledger
+) -> None:
     root = tmp_path / "corpus"
     ids = small_tree(ravdess16k, root, actors=(1, 2), per_actor=6)
     with serve() as ref:  # a whole build, to know every question the teacher gets
@@ -53,7 +59,8 @@ def test_sigkill_mid_teacher_then_rerun(prefect_server: dict[str, str], ravdess1
     with serve(Double(delay_s=0.25)) as slow:
         proc = start(root, out, config_for(tmp_path / "a.yaml", slow.base_url), prefect_server)
         deadline = time.monotonic() + 240
-        while answers_in(cache) < len(questions) // 3:
+        kill_at = max(1, round(fault_rng.uniform(0.1, 0.9) * len(questions)))  # answers cached before the kill
+        while answers_in(cache) < kill_at:
             assert proc.poll() is None and time.monotonic() < deadline, "the build ended before the kill"
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)
@@ -71,3 +78,6 @@ def test_sigkill_mid_teacher_then_rerun(prefect_server: dict[str, str], ravdess1
     assert [r["id"] for r in got] == ids and all(r["rationale"] for r in got)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["rows"] == len(ids) and manifest["quarantined"] == 0
+    ledger.record("teacher: SIGKILL mid-answers", f"killed with {kept}/{len(questions)} answers cached, rerun asked "
+                  f"{len(asked)}", items=len(ids), delivered=len({r['id'] for r in got}),
+                  duplicates=len(got) - len({r['id'] for r in got}))  # fmt: skip

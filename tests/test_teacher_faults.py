@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
 from collections import deque
 from pathlib import Path
 
 import pytest
 from openai_double import FAULTS, Double, serve
+from reliability import Ledger
 from teacher_helpers import build, quarantined, rows, small_tree
 
 from pallm.teacher.client import TeacherFatal
@@ -24,14 +26,20 @@ def corpus(ravdess16k: Path, tmp_path: Path) -> tuple[Path, list[str]]:
     return root, small_tree(ravdess16k, root, actors=(1, 2), per_actor=5)  # 5: enough for z-scores
 
 
-def test_every_fault_once_then_answers(corpus: tuple[Path, list[str]], tmp_path: Path) -> None:
+@pytest.mark.reliability
+def test_every_fault_once_then_answers(
+    corpus: tuple[Path, list[str]], tmp_path: Path, fault_rng: random.Random, ledger: Ledger
+) -> None:
     root, ids = corpus
+    faults = fault_rng.sample(FAULTS, len(FAULTS))  # in a random order, one request each
     with serve(Double(hang_s=3.0, retry_after="0.2")) as d:
-        d.faults.extend(FAULTS)
+        d.faults.extend(faults)
         build(root, tmp_path / "out", {**FAST, "base_url": d.base_url})
     got = rows(tmp_path / "out")
     assert [r["id"] for r in got] == ids and not quarantined(tmp_path / "out")
     assert {s.fault for s in d.seen if s.fault} == set(FAULTS)
+    ledger.record("teacher: every fault once", " ".join(faults), items=len(ids), delivered=len({r["id"] for r in got}),
+                  duplicates=len(got) - len({r["id"] for r in got}))  # fmt: skip
     # Each question was answered exactly once (identical questions, such as the words-only reply to
     # a sentence several clips share, are asked once), and the rows hold the valid answers.
     answered = [s.key for s in d.answered()]
@@ -52,8 +60,9 @@ def test_retry_after_is_honoured(corpus: tuple[Path, list[str]], tmp_path: Path)
     assert retry.at - limited.at >= 1.5  # backoff alone would have retried within 0.1 s
 
 
+@pytest.mark.reliability
 def test_failing_items_are_quarantined_then_a_rerun_asks_only_what_is_missing(
-    corpus: tuple[Path, list[str]], tmp_path: Path
+    corpus: tuple[Path, list[str]], tmp_path: Path, ledger: Ledger
 ) -> None:
     root, ids = corpus
     out = tmp_path / "out"
@@ -68,6 +77,8 @@ def test_failing_items_are_quarantined_then_a_rerun_asks_only_what_is_missing(
     assert dogs and len(dogs) < len(ids)  # the build completed; only the items that kept failing are out
     assert all(q["stage"] == "teacher" and "judge: answer fails the schema" in q["reason"] for q in bad)
     assert len(rows(out)) == len(ids) - len(dogs)
+    ledger.record("teacher: answers keep failing", f"{FAST['retries'] + 1} schema failures per judgement of one "
+                  "sentence", items=len(ids), delivered=len(rows(out)), quarantined=len(bad))  # fmt: skip
     tries: dict[str, int] = {}
     for s in d.seen:
         if s.fault == "schema":
@@ -78,6 +89,8 @@ def test_failing_items_are_quarantined_then_a_rerun_asks_only_what_is_missing(
         build(root, out, {**FAST, "base_url": d2.base_url})
     assert sorted(s.task for s in d2.seen) == ["judge"] * len(tries)
     assert [r["id"] for r in rows(out)] == ids and not quarantined(out)
+    ledger.record("teacher: rerun once it recovers", f"asked only the {len(tries)} failed judgements", items=len(ids),
+                  delivered=len(rows(out)))  # fmt: skip
 
     with serve() as d3:  # a finished build asks nothing
         final = build(root, out, {**FAST, "base_url": d3.base_url})

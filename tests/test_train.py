@@ -17,6 +17,7 @@ import torch
 import yaml
 from conftest import ROOT, run_cli
 from openai_double import serve
+from reliability import Ledger
 
 from pallm.model import build
 from pallm.train import evaluate, steps
@@ -161,8 +162,9 @@ def _tiny_run_config(path: Path) -> Path:
     return path
 
 
+@pytest.mark.reliability
 def test_a_deployment_run_killed_mid_sft_resumes_through_the_cli(
-    prefect_server: dict[str, str], trainable: Path, tmp_path: Path
+    prefect_server: dict[str, str], trainable: Path, tmp_path: Path, ledger: Ledger
 ) -> None:
     config, out = _tiny_run_config(tmp_path / "tiny.yaml"), tmp_path / "run"
     prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
@@ -196,7 +198,11 @@ def test_a_deployment_run_killed_mid_sft_resumes_through_the_cli(
     summary = json.loads(proc.stdout)
     sft = json.loads((out / "sft" / "done.json").read_text())
     assert sft["resumed_from"] in ("checkpoint-2", "checkpoint-4"), "the rerun started SFT over"
-    assert [e["step"] for e in sft["history"] if "loss" in e] == [1, 2, 3, 4]
+    logged = [e["step"] for e in sft["history"] if "loss" in e]
+    assert logged == [1, 2, 3, 4]
+    tried = f"worker killed at the first checkpoint, `pallm train` resumed from {sft['resumed_from']}"
+    ledger.record("training: SIGKILL mid-SFT", tried, items=4, delivered=len(set(logged)),
+                  duplicates=len(logged) - len(set(logged)))  # fmt: skip
     rl = json.loads((out / "rl" / "done.json").read_text())
     assert len([e for e in rl["history"] if "reward" in e]) == 2
     assert set(summary["ua"]) == set(steps.SYSTEMS)
