@@ -24,7 +24,6 @@ MARK = "reliability"
 class Entry:
     """One fault scenario as run: what was tried, and what came out of how many items."""
 
-    test: str
     scenario: str
     tried: str
     items: int
@@ -38,15 +37,15 @@ class Entry:
 
 
 class Ledger:
-    """What one test's scenarios tried and delivered; `record` fails the test if anything was lost or doubled."""
+    """Where fault tests write what they tried and delivered; `record` fails on an item lost or doubled."""
 
-    def __init__(self, entries: list[Entry], test: str) -> None:
-        self.entries, self.test = entries, test
+    def __init__(self, entries: list[Entry]) -> None:
+        self.entries = entries
 
     def record(
         self, scenario: str, tried: str, *, items: int, delivered: int, quarantined: int = 0, duplicates: int = 0
     ) -> None:
-        entry = Entry(self.test, scenario, tried, items, delivered, quarantined, duplicates)
+        entry = Entry(scenario, tried, items, delivered, quarantined, duplicates)
         self.entries.append(entry)
         assert entry.lost == 0, f"{scenario}: {entry.lost} of {items} items lost ({tried})"
         assert duplicates == 0, f"{scenario}: {duplicates} items written twice ({tried})"
@@ -111,4 +110,4 @@ def fault_rng(request: pytest.FixtureRequest) -> random.Random:
 @pytest.fixture
 def ledger(request: pytest.FixtureRequest) -> Ledger:
     """Where a fault test writes each scenario's figures; a loss or a duplicate fails the test."""
-    return Ledger(request.config.stash[_SUITE].entries, request.node.nodeid.split("::")[-1])
+    return Ledger(request.config.stash[_SUITE].entries)
