@@ -1,4 +1,5 @@
-"""Benchmark of ingest + audio + shards on the real RAVDESS clips, against a plain read-and-resample loop.
+"""Benchmark of ingest + audio + shards (no ASR, no teacher) on the real RAVDESS clips, against a plain
+read-and-resample loop.
 
     .venv/bin/python bench/bench_build.py [--corpus ../shared/corpora/ravdess16k] [--workers N]
 
@@ -19,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from results import Row, write_rows  # run as a script, bench/ is on the path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "ravdess16k"
@@ -48,7 +51,7 @@ def job_core(corpus_spec: str, out: Path, workers: int) -> dict:
     from pallm import pipeline
     from pallm.config import BuildConfig, CorpusSpec
 
-    cfg = BuildConfig(corpora=[CorpusSpec.parse(corpus_spec)], out=out, workers=workers, asr="none")
+    cfg = BuildConfig(corpora=[CorpusSpec.parse(corpus_spec)], out=out, workers=workers, asr="none", teacher="none")
     t0 = time.perf_counter()
     plan = pipeline.plan(cfg)
     pipeline.prepare_output(out)
@@ -152,6 +155,7 @@ def main() -> None:
     ap.add_argument("--job", help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--rows", type=Path, help="also append the results to this file as JSON lines (bench/run_all.py)")
     a = ap.parse_args()
     if a.job:
         result = job_floor(a.corpus) if a.job == "floor" else job_core(a.spec, a.out, a.workers)
@@ -208,6 +212,8 @@ def main() -> None:
                             str(tmp / "cli1"),
                             "--asr",
                             "none",
+                            "--teacher",
+                            "none",
                             *w,
                             *cards,
                         ],
@@ -215,7 +221,8 @@ def main() -> None:
                     ),
                 )
             )
-            full = ["build-dataset", "--corpus", f"ravdess={a.corpus}", "--out", str(tmp / "cli"), "--asr", "none"]
+            full = ["build-dataset", "--corpus", f"ravdess={a.corpus}", "--out", str(tmp / "cli"), "--asr", "none",
+                    "--teacher", "none"]  # fmt: skip
             rows.append(("cli: build-dataset", "ravdess 1x", timed_cli([*full, *w, *cards], env)))
             rows.append(("cli: rerun, nothing changed", "ravdess 1x", timed_cli([*full, *w, *cards], env)))
         finally:
@@ -237,6 +244,10 @@ def main() -> None:
         )
         rate = r["clips"] / r["seconds"]
         print(f"{stage:32s} {workload:16s} {r['seconds']:8.2f} {rate:8.0f} {ratio:8.2f} {r['peak_mib']:9.0f}  {notes}")
+    floor_rate = floor["clips"] / floor["seconds"]
+    write_rows(a.rows, [Row("build", stage, f"{workload} ({r['clips']} clips)", r["clips"] / r["seconds"], floor_rate,
+                            "clips/s", "read+resample loop", r["peak_mib"])
+                        for stage, workload, r in rows[1:] if r["clips"] > 1])  # fmt: skip
 
 
 if __name__ == "__main__":

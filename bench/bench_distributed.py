@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psutil
 from bench_build import start_prefect  # run as a script, bench/ is on the path
+from results import Row, write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "ravdess16k"
@@ -61,6 +62,7 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=96)
     ap.add_argument("--chunk-rows", type=int, default=16)
     ap.add_argument("--runners", default="serial,dask,ray")
+    ap.add_argument("--rows", type=Path, help="also append the results to this file as JSON lines (bench/run_all.py)")
     args = ap.parse_args()
     if not args.corpus.is_dir():
         raise SystemExit(f"RAVDESS clips not found at {args.corpus}")
@@ -96,6 +98,9 @@ def main() -> None:
     for runner, workers, seconds, peak in rows:
         print(f"| {runner} | {workers} | {seconds:.1f} | {args.clips / seconds:.2f} | {reference / seconds:.2f} | "
               f"{peak / 2**20:.0f} MiB |")  # fmt: skip
+    write_rows(args.rows, [Row("distributed", f"build-dataset, {runner} x{workers}", f"{args.clips} clips",
+                               args.clips / seconds, args.clips / reference, "clips/s", "serial x1", peak / 2**20)
+                           for runner, workers, seconds, peak in rows[1:]])  # fmt: skip
 
 
 if __name__ == "__main__":

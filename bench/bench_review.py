@@ -50,6 +50,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+from results import Row, write_rows  # noqa: E402 - run as a script, bench/ is on the path
 from review_helpers import postgres_database, review_server  # noqa: E402 - the tests' server and database helpers
 
 CACHE = ROOT / "bench" / ".cache"
@@ -461,6 +462,19 @@ def report(results: list[dict[str, object]], users: int) -> None:
             print(f"  error: {e}")
 
 
+def summary_rows(results: list[dict[str, object]], users: int) -> list[Row]:
+    """The item page's and the save's median latency against /login's, per backend, for bench/run_all.py."""
+    rows = []
+    for res in results:
+        lat = res["stats"].latency  # type: ignore[attr-defined]
+        ref = percentile(lat["reference"], 50) * 1000
+        for stage, kinds in (("item page", ("item", "reopen")), ("save", ("save", "resave"))):
+            ours = percentile([x for k in kinds for x in lat[k]], 50) * 1000
+            rows.append(Row("review", f"{stage} p50 ({res['backend']})", f"{users} labelers", ours, ref, "ms",
+                            "GET /login p50", float(res["rss"])))  # type: ignore[arg-type]  # fmt: skip
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--users", type=int, default=50, help="concurrent labelers (default 50)")
@@ -470,6 +484,7 @@ def main() -> None:
                     help=f"PostgreSQL admin URL that may create databases (default: ${POSTGRES_ENV})")  # fmt: skip
     ap.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rows", type=Path, help="also append the results to this file as JSON lines (bench/run_all.py)")
     args = ap.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
     (CACHE / ".gitignore").write_text("*\n")
@@ -485,6 +500,7 @@ def main() -> None:
         else:
             print(f"PostgreSQL skipped: no --postgres and no ${POSTGRES_ENV} (bash tests/start_postgres.sh prints one)")
     report(results, args.users)
+    write_rows(args.rows, summary_rows(results, args.users))
     if any(r["stats"].errors for r in results):  # type: ignore[attr-defined]
         sys.exit(1)
 

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import Row, write_rows  # run as a script, bench/ is on the path
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "ravdess16k"
 
@@ -90,6 +92,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--job", help=argparse.SUPPRESS)
+    ap.add_argument("--rows", type=Path, help="also append the results to this file as JSON lines (bench/run_all.py)")
     a = ap.parse_args()
     if not a.corpus.is_dir():
         sys.exit(f"corpus {a.corpus} not found: pass --corpus DIR (the RAVDESS clips)")
@@ -121,6 +124,10 @@ def main() -> None:
     share = 100 * ours["cues"] / ours["seconds"]
     print(f"{'ours: cue stage on the same clips':40s} {ours['cues']:8.1f} {ours['clips'] / ours['cues']:8.2f} "
           f"{'':>10s} {'':>9s}  {share:.1f}% of the speech stage's time (target < 20%)")  # fmt: skip
+    workload = f"{ours['clips']} clips, {a.model} {a.compute_type}"
+    rates = ours["clips"] / ours["seconds"], cli["clips"] / cli["seconds"]
+    write_rows(a.rows, [Row("speech", "speech stage (+ word timing)", workload, *rates, "clips/s", "whisperx CLI",
+                            ours["peak_mib"])])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from results import Row, write_rows  # noqa: E402 - run as a script, bench/ is on the path
+
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "ravdess16k"
 
 
@@ -108,6 +110,7 @@ def main() -> None:
     ap.add_argument("--actors", type=int, default=4)
     ap.add_argument("--per-actor", type=int, default=6)
     ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--rows", type=Path, help="also append the results to this file as JSON lines (bench/run_all.py)")
     args = ap.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -177,6 +180,11 @@ def main() -> None:
           f"({100 * rerun / first:.1f}% of the first), {rerun_requests} requests")  # fmt: skip
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory: bench process {me:.0f} MiB, llama.cpp server {server_peak:.0f} MiB")
+    workload = f"{len(payloads)} requests, {args.concurrency} at once"
+    write_rows(args.rows, [
+        Row("teacher", "teacher stage", workload, ours_rate, ref_rate, "tokens/s", "minimal openai client", me),
+        Row("teacher", "rerun of a finished build", f"{len(rows)} clips", rerun, first, "s", "first build", me),
+    ])  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
 
 
