@@ -21,13 +21,15 @@ command -v "$PYTHON" >/dev/null || { echo "error: $PYTHON not found; PALLM needs
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # dev = the dataset builder, Whisper, the local teacher, Hugging Face datasets (to read the output), test tools.
-# llama-cpp-python compiles for a few minutes the first time; pip caches the wheel for later installs.
-# It compiles for the CPU it is built on (-march=native). Some virtual machines advertise Intel AMX without
-# enabling it, and the server then dies of a protection fault (ldtilecfg) on its first request: build without
-# AMX, which a 135M-parameter teacher does not need.
+# llama-cpp-python compiles for a few minutes, once per environment, for the CPU it is built on (-march=native).
+# Some virtual machines advertise Intel AMX without enabling it, and the server then dies of a protection fault
+# (ldtilecfg) on its first request: build without AMX, which a 135M-parameter teacher does not need. It is
+# compiled here, never taken from pip's wheel cache, where an earlier install may have left one with AMX.
 if [[ $(uname -m) == x86_64 ]]; then
     NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
     export CFLAGS="${CFLAGS:-} $NO_AMX" CXXFLAGS="${CXXFLAGS:-} $NO_AMX"
 fi
-CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) .venv/bin/python -m pip install -q -e ".[dev]"
+LLAMA=$(grep -o '"llama-cpp-python\[server\]==[^"]*"' pyproject.toml | tr -d '"')
+CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) .venv/bin/python -m pip install -q --no-cache-dir "$LLAMA"
+.venv/bin/python -m pip install -q -e ".[dev]"
 echo "ready: .venv/bin/pallm --help"
