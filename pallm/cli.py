@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -212,8 +213,15 @@ def serve() -> None:
     main()
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # SIGTERM's default is to die on the spot, which skips the atexit hook that stops Prefect's temporary
+    # server (and every `finally`); ending as an exit does not.
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Entry point of the `pallm` console script."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     # Offline first: no usage reports from an embedded Prefect server unless the user opts in.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # A first run without a server creates the embedded database, which can outlast Prefect's 20 s default.

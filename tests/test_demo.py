@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,10 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import _free_port
+from conftest import _free_port, listening
 from review_helpers import csrf_of
 
 pytestmark = pytest.mark.slow
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_demo_builds_reviews_trains_and_stops_on_ctrl_c(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from build_helpers import make_tree, shard_rows
-from conftest import ROOT, run_cli
+from conftest import ROOT, listening, run_cli
 
 from pallm.corpora.ravdess import EMOTIONS
 
@@ -217,3 +218,31 @@ def test_cli_config_file_options_reach_the_build(
     assert test_speakers == {"ravdess/actor09", "ravdess/actor10"}  # fold 3, from the file's options
     assert {r["split"] for r in rows} == {"train", "test"}
     assert json.loads((cards / "index.json").read_text())[0]["name"] == "fromfile"
+
+
+def test_sigterm_stops_the_temporary_prefect_server(ravdess16k: Path, tmp_path: Path) -> None:
+    """Without a Prefect server the CLI starts a temporary one; a SIGTERM (as from `kill` or a scheduler) must
+    not leave it running: SIGTERM's default action skipped the atexit hook that stops it."""
+    root = tmp_path / "corpus"
+    make_tree(ravdess16k, root, real_per_actor=6, actors=(1, 2))
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "home")}
+    log = tmp_path / "cli.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pallm.cli", "build-dataset", "--corpus", f"ravdess={root}", "--out",
+             str(tmp_path / "out"), "--asr", "tiny.en", "--teacher", "rules", "--cards-index", str(tmp_path / "c")],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while "Beginning flow run" not in log.read_text(errors="replace"):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    port = int(re.search(r"Starting temporary server on http://127\.0\.0\.1:(\d+)", log.read_text())[1])
+    assert listening(port)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    deadline = time.monotonic() + 15
+    while listening(port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not listening(port), "the temporary Prefect server outlived the command"
+    assert "Stopping temporary server" in log.read_text()
