@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results import Row, write_rows  # run as a script, bench/ is on the path
+from results import Row, add_rows_option, write_rows  # run as a script, bench/ is on the path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "ravdess16k"
@@ -155,7 +155,7 @@ def main() -> None:
     ap.add_argument("--job", help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--rows", type=Path, help="also append the results to this file as JSON lines (bench/run_all.py)")
+    add_rows_option(ap)
     a = ap.parse_args()
     if a.job:
         result = job_floor(a.corpus) if a.job == "floor" else job_core(a.spec, a.out, a.workers)

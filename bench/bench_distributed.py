@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 from bench_build import start_prefect  # run as a script, bench/ is on the path
-from results import Row, write_rows
+from results import Row, add_rows_option, write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "ravdess16k"
@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=96)
     ap.add_argument("--chunk-rows", type=int, default=16)
     ap.add_argument("--runners", default="serial,dask,ray")
-    ap.add_argument("--rows", type=Path, help="also append the results to this file as JSON lines (bench/run_all.py)")
+    add_rows_option(ap)
     args = ap.parse_args()
     if not args.corpus.is_dir():
         raise SystemExit(f"RAVDESS clips not found at {args.corpus}")

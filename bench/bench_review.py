@@ -50,7 +50,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from results import Row, write_rows  # noqa: E402 - run as a script, bench/ is on the path
+from results import Row, add_rows_option, write_rows  # noqa: E402 - run as a script, bench/ is on the path
 from review_helpers import postgres_database, review_server  # noqa: E402 - the tests' server and database helpers
 
 CACHE = ROOT / "bench" / ".cache"
@@ -484,7 +484,7 @@ def main() -> None:
                     help=f"PostgreSQL admin URL that may create databases (default: ${POSTGRES_ENV})")  # fmt: skip
     ap.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rows", type=Path, help="also append the results to this file as JSON lines (bench/run_all.py)")
+    add_rows_option(ap)
     args = ap.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
     (CACHE / ".gitignore").write_text("*\n")

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results import Row, write_rows  # run as a script, bench/ is on the path
+from results import Row, add_rows_option, write_rows  # run as a script, bench/ is on the path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "ravdess16k"
@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--job", help=argparse.SUPPRESS)
-    ap.add_argument("--rows", type=Path, help="also append the results to this file as JSON lines (bench/run_all.py)")
+    add_rows_option(ap)
     a = ap.parse_args()
     if not a.corpus.is_dir():
         sys.exit(f"corpus {a.corpus} not found: pass --corpus DIR (the RAVDESS clips)")

@@ -29,7 +29,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from results import Row, write_rows  # noqa: E402 - run as a script, bench/ is on the path
+from results import Row, add_rows_option, write_rows  # noqa: E402 - run as a script, bench/ is on the path
 
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "ravdess16k"
 
@@ -110,7 +110,7 @@ def main() -> None:
     ap.add_argument("--actors", type=int, default=4)
     ap.add_argument("--per-actor", type=int, default=6)
     ap.add_argument("--concurrency", type=int, default=4)
-    ap.add_argument("--rows", type=Path, help="also append the results to this file as JSON lines (bench/run_all.py)")
+    add_rows_option(ap)
     args = ap.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 

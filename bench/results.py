@@ -7,6 +7,7 @@ higher is better, for a latency (ms) lower is better; the reference is measured 
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +29,11 @@ class Row:
     @property
     def ratio(self) -> float:
         return self.ours / self.reference if self.reference else float("nan")
+
+
+def add_rows_option(parser: argparse.ArgumentParser) -> None:
+    """The `--rows FILE` option every benchmark takes; `write_rows(args.rows, ...)` honours it."""
+    parser.add_argument("--rows", type=Path, help="also append the results to this file as JSON lines (run_all.py)")
 
 
 def write_rows(path: Path | None, rows: list[Row]) -> None:

@@ -73,16 +73,16 @@ def test_sigkill_at_random_points_then_rerun(
         mid_build += killed and 0 < done < total
         rerun = start_build(root, out, config, prefect_server)
         assert rerun.wait(timeout=300) == 0, (name, rerun.stderr.read()[-3000:])
-        check_same(out, reference, expect["good"])
-        ids = [i for p in snapshot(out) for i in pq.read_table(out / p, columns=["id"]).column("id").to_pylist()]
+        ids, quarantined = check_same(out, reference, expect["good"])
         ledger.record(f"build: SIGKILL at {name}", f"killed after {done}/{total} chunks, rerun" if killed
                       else "the build finished before the kill, rerun", items=len(expect["good"]) + bad,
-                      delivered=len(set(ids)), quarantined=pq.read_metadata(out / "quarantine.parquet").num_rows,
+                      delivered=len(set(ids)), quarantined=quarantined,
                       duplicates=len(ids) - len(set(ids)))  # fmt: skip
     assert mid_build >= 1, "no kill landed while chunks were being written"
 
 
-def check_same(out: Path, reference: Path, good: set[str]) -> None:
+def check_same(out: Path, reference: Path, good: set[str]) -> tuple[list[str], int]:
+    """The rebuilt ids and the quarantine count, once checked against the uninterrupted build."""
     # Identical to the uninterrupted build, shard for shard.
     assert snapshot(out) == snapshot(reference)
     ids: list[str] = []
@@ -96,3 +96,4 @@ def check_same(out: Path, reference: Path, good: set[str]) -> None:
     assert not [p for p in out.rglob(TMP_PREFIX + "*")]
     quarantined = pq.read_table(out / "quarantine.parquet").to_pylist()
     assert len(quarantined) == len({(q["id"], q["path"]) for q in quarantined}) == 7
+    return ids, len(quarantined)

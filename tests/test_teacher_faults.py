@@ -76,9 +76,10 @@ def test_failing_items_are_quarantined_then_a_rerun_asks_only_what_is_missing(
     dogs = {r["id"] for r in bad}
     assert dogs and len(dogs) < len(ids)  # the build completed; only the items that kept failing are out
     assert all(q["stage"] == "teacher" and "judge: answer fails the schema" in q["reason"] for q in bad)
-    assert len(rows(out)) == len(ids) - len(dogs)
+    kept = rows(out)
+    assert len(kept) == len(ids) - len(dogs)
     ledger.record("teacher: answers keep failing", f"{FAST['retries'] + 1} schema failures per judgement of one "
-                  "sentence", items=len(ids), delivered=len(rows(out)), quarantined=len(bad))  # fmt: skip
+                  "sentence", items=len(ids), delivered=len(kept), quarantined=len(bad))  # fmt: skip
     tries: dict[str, int] = {}
     for s in d.seen:
         if s.fault == "schema":
@@ -88,9 +89,10 @@ def test_failing_items_are_quarantined_then_a_rerun_asks_only_what_is_missing(
     with serve() as d2:  # the endpoint recovered: the rerun asks only for the judgements that failed
         build(root, out, {**FAST, "base_url": d2.base_url})
     assert sorted(s.task for s in d2.seen) == ["judge"] * len(tries)
-    assert [r["id"] for r in rows(out)] == ids and not quarantined(out)
+    recovered = rows(out)
+    assert [r["id"] for r in recovered] == ids and not quarantined(out)
     ledger.record("teacher: rerun once it recovers", f"asked only the {len(tries)} failed judgements", items=len(ids),
-                  delivered=len(rows(out)))  # fmt: skip
+                  delivered=len(recovered))  # fmt: skip
 
     with serve() as d3:  # a finished build asks nothing
         final = build(root, out, {**FAST, "base_url": d3.base_url})
