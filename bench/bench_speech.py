@@ -5,9 +5,11 @@
 Both sides use the same Whisper weights (the packaged CTranslate2 folder), compute type, beam size,
 language, VAD and thread count, and load the model once for all clips. The reference runs
 `whisperx FILES... --no_align` (word alignment would need a wav2vec2 model from the hub); ours also
-times every word with Whisper's cross-attention. Then the cue stage runs over the same clips with
-those words, to show it is not the bottleneck. Each measurement runs in its own subprocess, so its
-peak memory (max RSS) is its own. Prints one table.
+times every word with Whisper's cross-attention. Ours runs twice: with the stage's own decoder layout
+(on CPU one single-threaded decoder per thread) and with whisperx's (one decoder on every thread,
+batches of 8), to show what each part gains. Then the cue stage runs over the same clips with those
+words, to show it is not the bottleneck. Each measurement runs in its own subprocess, so its peak
+memory (max RSS) is its own. Prints one table.
 """
 
 from __future__ import annotations
@@ -35,35 +37,42 @@ def pick(corpus: Path, n: int) -> list[Path]:
     return files[::step][:n]
 
 
-def job_ours(files: list[Path], model: str, compute_type: str, threads: int, batch: int) -> dict:
-    """Load once, transcribe every clip in batches, then measure the cues with the words."""
+def job_ours(files: list[Path], model: str, compute_type: str, threads: int, layout: str) -> dict:
+    """Load once, transcribe every clip, then measure the cues with the words."""
     import soundfile as sf
 
     from pallm.audio.cues import measure
     from pallm.config import SpeechConfig
+    from pallm.speech.stage import speech_stage
     from pallm.speech.transcribe import load_transcriber
 
     t0 = time.perf_counter()
-    tr = load_transcriber(model, SpeechConfig(compute_type=compute_type, threads=threads, batch_size=batch))
+    config = SpeechConfig(compute_type=compute_type, threads=threads)
+    if layout == "whisperx":
+        config = config.model_copy(update={"decoders": 1, "batch_size": 8})
+    tr = load_transcriber(model, config)
     t1 = time.perf_counter()
     audio = [sf.read(f, dtype="float32")[0] for f in files]
     out = []
-    for first in range(0, len(audio), 64):  # as the pipeline does: a batch of rows at a time
-        out += tr.transcribe(audio[first : first + 64])
+    rows = speech_stage(model, config).batch_size  # as the pipeline does: this many rows at a time
+    for first in range(0, len(audio), rows):
+        out += tr.transcribe(audio[first : first + rows])
     t2 = time.perf_counter()
     for x, t in zip(audio, out, strict=True):
         measure(x, 16_000, list(t.words) or None)
     t3 = time.perf_counter()
     words = sum(len(t.words) for t in out)
-    return {"seconds": t2 - t0, "load": t1 - t0, "cues": t3 - t2, "clips": len(files), "words": words}
+    decoders, each, batch = config.decoding()
+    layout = f"{decoders} decoder{'s' * (decoders > 1)} x {each} thread{'s' * (each > 1)}, batch {batch}"
+    return {"seconds": t2 - t0, "load": t1 - t0, "cues": t3 - t2, "clips": len(files), "words": words, "layout": layout}
 
 
-def job_cli(files: list[Path], model: str, compute_type: str, threads: int, batch: int) -> dict:
+def job_cli(files: list[Path], model: str, compute_type: str, threads: int, layout: str) -> dict:
     """The `whisperx` command on the same files, model folder and settings."""
     exe = Path(sys.executable).parent / "whisperx"
     with tempfile.TemporaryDirectory() as out:
         cmd = [str(exe), *map(str, files), "--model", model, "--device", "cpu", "--compute_type", compute_type,
-               "--language", "en", "--no_align", "--threads", str(threads), "--batch_size", str(batch),
+               "--language", "en", "--no_align", "--threads", str(threads), "--batch_size", "8",
                "--beam_size", "5", "--vad_method", "pyannote", "--output_format", "json", "--output_dir", out,
                "--verbose", "False", "--log-level", "error"]  # fmt: skip
         t0 = time.perf_counter()
@@ -90,8 +99,7 @@ def main() -> None:
     ap.add_argument("--model", default="tiny.en", help="tiny.en or base (packaged) or a CTranslate2 folder")
     ap.add_argument("--compute-type", default="int8")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--job", help=argparse.SUPPRESS)
+    ap.add_argument("--job", nargs=2, metavar=("WHO", "LAYOUT"), help=argparse.SUPPRESS)
     add_rows_option(ap)
     a = ap.parse_args()
     if not a.corpus.is_dir():
@@ -100,29 +108,33 @@ def main() -> None:
     from pallm.speech.models import resolve_asr_model
 
     folder = resolve_asr_model(a.model)
-    settings = (files, folder, a.compute_type, a.threads, a.batch_size)
+    settings = (files, folder, a.compute_type, a.threads)
     if a.job:
-        result = job_ours(*settings) if a.job == "ours" else job_cli(*settings)
+        who, layout = a.job
+        result = job_ours(*settings, layout) if who == "ours" else job_cli(*settings, layout)
         self_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result | {"peak_mib": max(self_peak, result.pop("peak_child_mib", 0.0))}))
         return
     common = ["--corpus", str(a.corpus), "--clips", str(a.clips), "--model", a.model, "--compute-type",
-              a.compute_type, "--threads", str(a.threads), "--batch-size", str(a.batch_size)]  # fmt: skip
-    cli = run_job(["--job", "cli", *common])
-    ours = run_job(["--job", "ours", *common])
-    print(f"\nmachine: {os.cpu_count()} cores; model {a.model} ({a.compute_type}), beam 5, threads {a.threads}, "
-          f"batch {a.batch_size}; {len(files)} RAVDESS clips; both load the model once")  # fmt: skip
-    print(f"{'stage':40s} {'seconds':>8s} {'clips/s':>8s} {'x whisperx':>10s} {'peak MiB':>9s}  notes")
+              a.compute_type, "--threads", str(a.threads)]  # fmt: skip
+    cli = run_job(["--job", "cli", "whisperx", *common])
+    ours = run_job(["--job", "ours", "default", *common])
+    as_whisperx = run_job(["--job", "ours", "whisperx", *common])
+    print(f"\nmachine: {os.cpu_count()} cores; model {a.model} ({a.compute_type}), beam 5, threads {a.threads}; "
+          f"{len(files)} RAVDESS clips; each loads the model once")  # fmt: skip
+    print(f"{'stage':44s} {'seconds':>8s} {'clips/s':>8s} {'x whisperx':>10s} {'peak MiB':>9s}  notes")
     rows = [
-        ("reference: whisperx CLI (--no_align)", cli, ""),
-        ("ours: speech stage (+ word timing)", ours, f"model load {ours['load']:.1f}s, {ours['words']} words"),
-    ]
+        ("reference: whisperx CLI (--no_align)", cli, f"1 decoder x {a.threads} threads, one file at a time"),
+        ("ours: speech stage (+ word timing)", ours,
+         f"{ours['layout']}; model load {ours['load']:.1f}s, {ours['words']} words"),
+        ("ours, whisperx's decoder layout", as_whisperx, as_whisperx["layout"]),
+    ]  # fmt: skip
     for name, r, notes in rows:
         speedup = cli["seconds"] / r["seconds"] * r["clips"] / cli["clips"]
-        print(f"{name:40s} {r['seconds']:8.1f} {r['clips'] / r['seconds']:8.2f} {speedup:10.2f} {r['peak_mib']:9.0f}  "
+        print(f"{name:44s} {r['seconds']:8.1f} {r['clips'] / r['seconds']:8.2f} {speedup:10.2f} {r['peak_mib']:9.0f}  "
               f"{notes}")  # fmt: skip
     share = 100 * ours["cues"] / ours["seconds"]
-    print(f"{'ours: cue stage on the same clips':40s} {ours['cues']:8.1f} {ours['clips'] / ours['cues']:8.2f} "
+    print(f"{'ours: cue stage on the same clips':44s} {ours['cues']:8.1f} {ours['clips'] / ours['cues']:8.2f} "
           f"{'':>10s} {'':>9s}  {share:.1f}% of the speech stage's time (target < 20%)")  # fmt: skip
     workload = f"{ours['clips']} clips, {a.model} {a.compute_type}"
     rates = ours["clips"] / ours["seconds"], cli["clips"] / cli["seconds"]

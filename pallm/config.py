@@ -64,8 +64,19 @@ class SpeechConfig(_Strict):
     language: str | None = Field("en", description="spoken language; null: detect per 30 s window")
     device: str = "cpu"
     compute_type: str = Field("int8", description="CTranslate2 compute type: int8, float32, float16 (GPU), ...")
-    threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="CPU threads for decoding")
-    batch_size: int = Field(8, ge=1, description="speech pieces (of one or many clips) decoded together")
+    threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, description="CPU threads for decoding, over all decoders"
+    )
+    decoders: int | None = Field(
+        None, ge=1,
+        description="Whisper decoders working at once, sharing one copy of the weights, each on threads/decoders "
+        "threads (CTranslate2's inter_threads); null: one per thread on CPU, one on GPU",
+    )  # fmt: skip
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="speech pieces (of one or many clips) a decoder decodes together; null: 1 on CPU, 8 on GPU",
+    )
     beam_size: int = Field(5, ge=1)
     vad_onset: float = 0.5
     vad_offset: float = 0.363
@@ -79,6 +90,17 @@ class SpeechConfig(_Strict):
     max_speakers: int | None = Field(None, ge=1, description="diarization: at most this many speakers")
     hf_token_env: str = Field("HF_TOKEN", description="environment variable holding a hub token for gated models")
     offline: bool = Field(False, description="never fetch a model from the hub")
+
+    def decoding(self) -> tuple[int, int, int]:
+        """(decoders, threads per decoder, pieces per batch), the unset ones filled in for the device.
+
+        On CPU, one single-threaded decoder per core, one 30 s window at a time, decodes short clips 1.5x
+        faster than one decoder spreading batches of 8 over the cores (2 cores: 233 against 349 ms a clip
+        with tiny.en, 480 against 718 with base). A GPU wants batches.
+        """
+        cpu = self.device == "cpu"
+        decoders = self.decoders or (self.threads if cpu else 1)
+        return decoders, max(1, self.threads // decoders), self.batch_size or (1 if cpu else 8)
 
 
 class TeacherConfig(_Strict):

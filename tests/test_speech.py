@@ -96,13 +96,25 @@ def test_tiny_transcribes_real_speech_with_ordered_words_inside_the_clip(tiny: T
         assert t.words[0].start > 0.3 and t.words[-1].end < len(x) / 16_000 - 0.2
 
 
-def test_batches_give_the_same_words_as_one_clip_at_a_time(tiny: Transcriber, ravdess16k: Path) -> None:
-    audio = [read(p) for p in clips(ravdess16k, (3,), 3)]
-    together = tiny.transcribe(audio)
-    alone = [tiny.transcribe([x])[0] for x in audio]
-    assert [t.text for t in together] == [t.text for t in alone]
-    for a, b in zip(together, alone, strict=True):
-        assert [w.start for w in a.words] == pytest.approx([w.start for w in b.words], abs=0.02)
+def test_decoder_layout_defaults_follow_the_device() -> None:
+    assert SpeechConfig(threads=4).decoding() == (4, 1, 1)  # CPU: one single-threaded decoder per thread
+    assert SpeechConfig(threads=4, decoders=2).decoding() == (2, 2, 1)
+    assert SpeechConfig(threads=3, decoders=2, batch_size=4).decoding() == (2, 1, 4)
+    assert SpeechConfig(threads=4, device="cuda").decoding() == (1, 4, 8)  # GPU: one decoder, batches
+
+
+def test_concurrent_decoders_and_batches_give_the_same_words_as_one_clip_at_a_time(ravdess16k: Path) -> None:
+    audio = [read(p) for p in clips(ravdess16k, (3, 9), 4)]
+    concurrent = load_transcriber("tiny.en", SpeechConfig(threads=2, decoders=2))
+    batched = load_transcriber("tiny.en", SpeechConfig(threads=2, decoders=1, batch_size=8))
+    by_two = concurrent.transcribe(audio)  # pieces finish out of order on two decoders
+    by_eight = batched.transcribe(audio)
+    alone = [batched.transcribe([x])[0] for x in audio]
+    assert len({t.text for t in alone}) > 1  # both sentences, so a mix-up of clips would show
+    for result in (by_two, by_eight):
+        assert [t.text for t in result] == [t.text for t in alone]
+        for a, b in zip(result, alone, strict=True):
+            assert [w.start for w in a.words] == pytest.approx([w.start for w in b.words], abs=0.02)
 
 
 def test_no_speech_keeps_an_empty_transcript_and_a_flag(tiny: Transcriber, ravdess16k: Path) -> None:

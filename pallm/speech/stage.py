@@ -105,8 +105,14 @@ def speech_stage(model: str, config: SpeechConfig) -> Stage:
         process=SpeechStep(model, config),
         config=config,
         environment=_environment(resolved),
-        batch_size=config.batch_size * 2,
+        batch_size=_rows_per_call(config),
     )
+
+
+def _rows_per_call(config: SpeechConfig) -> int:
+    """Rows handed to the stage at once: enough speech pieces to keep every decoder busy."""
+    decoders, _, batch_size = config.decoding()
+    return max(16, 2 * decoders * batch_size)
 
 
 def _environment(resolved: str) -> dict[str, str]:
