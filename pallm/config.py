@@ -150,6 +150,9 @@ class TeacherConfig(_Strict):
         return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed, "max_tokens": self.max_tokens}
 
 
+#: Speech settings that change how fast the words come, not which words.
+SPEECH_RUNTIME = {"threads", "decoders", "batch_size", "offline"}
+
 #: Teacher settings that change how answers are fetched, not what they are.
 TEACHER_RUNTIME = {
     "base_url", "api_key_env", "local_model", "concurrency", "timeout_s", "retries", "backoff_s", "backoff_max_s",
@@ -221,7 +224,7 @@ class BuildConfig(_Strict):
     def fingerprint(self) -> str:
         """Hash of the settings that change the output; where things live and run, and on how many workers, are not."""
         runtime = {"out": True, "workers": True, "runner": True, "cluster": True, "asr_gpus": True, "cards_index": True,
-                   "speech": {"threads"}, "teacher": TEACHER_RUNTIME}  # fmt: skip
+                   "speech": SPEECH_RUNTIME, "teacher": TEACHER_RUNTIME}  # fmt: skip
         keep = self.model_dump(mode="json", exclude=runtime)
         for c in keep["corpora"]:
             c.pop("path", None)

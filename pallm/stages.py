@@ -39,6 +39,8 @@ class Stage:
     writes: tuple[str, ...]
     process: Process
     config: BaseModel | None = field(default=None)
+    #: config fields that change how the stage runs, not what it writes: not part of the fingerprint
+    runtime: frozenset[str] = frozenset()
     #: facts about the machine that change the output (library versions, tools present)
     environment: dict[str, str] = field(default_factory=dict)
     batch_size: int = 1
@@ -46,7 +48,7 @@ class Stage:
     expands: bool = False
 
     def fingerprint(self) -> str:
-        cfg = self.config.model_dump(mode="json") if self.config is not None else None
+        cfg = self.config.model_dump(mode="json", exclude=set(self.runtime)) if self.config is not None else None
         blob = json.dumps(
             {"name": self.name, "version": self.version, "config": cfg, "environment": self.environment},
             sort_keys=True,

@@ -14,7 +14,7 @@ from pallm.config import SpeechConfig
 from pallm.corpora.base import ItemError
 from pallm.speech import models
 from pallm.speech.models import ModelError, check_ct2_folder, resolve_asr_model
-from pallm.speech.stage import NO_SPEECH, SpeechStep
+from pallm.speech.stage import NO_SPEECH, SpeechStep, speech_stage
 from pallm.speech.transcribe import Transcriber, load_transcriber
 from pallm.speech.wer import normalize, word_error_rate
 
@@ -101,6 +101,20 @@ def test_decoder_layout_defaults_follow_the_device() -> None:
     assert SpeechConfig(threads=4, decoders=2).decoding() == (2, 2, 1)
     assert SpeechConfig(threads=3, decoders=2, batch_size=4).decoding() == (2, 1, 4)
     assert SpeechConfig(threads=4, device="cuda").decoding() == (1, 4, 8)  # GPU: one decoder, batches
+
+
+def test_how_many_threads_decode_does_not_change_the_stage_fingerprint() -> None:
+    from pallm.config import BuildConfig
+
+    one = SpeechConfig(threads=1)
+    same = [SpeechConfig(threads=16), SpeechConfig(threads=4, decoders=2, batch_size=8, offline=True)]
+    assert {speech_stage("tiny.en", c).fingerprint() for c in [one, *same]} == {
+        speech_stage("tiny.en", one).fingerprint()
+    }
+    assert BuildConfig(speech=one).fingerprint() == BuildConfig(speech=same[1]).fingerprint()
+    for changed in (SpeechConfig(threads=1, beam_size=1), SpeechConfig(threads=1, compute_type="float32")):
+        assert speech_stage("tiny.en", changed).fingerprint() != speech_stage("tiny.en", one).fingerprint()
+    assert speech_stage("base", one).fingerprint() != speech_stage("tiny.en", one).fingerprint()
 
 
 def test_concurrent_decoders_and_batches_give_the_same_words_as_one_clip_at_a_time(ravdess16k: Path) -> None:

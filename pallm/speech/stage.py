@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from pallm.config import SpeechConfig
+from pallm.config import SPEECH_RUNTIME, SpeechConfig
 from pallm.corpora.base import ItemError
 from pallm.speech.models import looks_like_path, resolve_asr_model
 from pallm.speech.transcribe import Transcriber, Transcript, load_transcriber
@@ -104,6 +104,7 @@ def speech_stage(model: str, config: SpeechConfig) -> Stage:
         writes=WRITES,
         process=SpeechStep(model, config),
         config=config,
+        runtime=frozenset(SPEECH_RUNTIME),
         environment=_environment(resolved),
         batch_size=_rows_per_call(config),
     )
