@@ -151,7 +151,7 @@ class TeacherConfig(_Strict):
 
 
 #: Speech settings that change how fast the words come, not which words.
-SPEECH_RUNTIME = {"threads", "decoders", "batch_size", "offline"}
+SPEECH_RUNTIME = frozenset({"threads", "decoders", "batch_size", "offline"})
 
 #: Teacher settings that change how answers are fetched, not what they are.
 TEACHER_RUNTIME = {

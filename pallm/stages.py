@@ -48,7 +48,7 @@ class Stage:
     expands: bool = False
 
     def fingerprint(self) -> str:
-        cfg = self.config.model_dump(mode="json", exclude=set(self.runtime)) if self.config is not None else None
+        cfg = self.config.model_dump(mode="json", exclude=self.runtime) if self.config is not None else None
         blob = json.dumps(
             {"name": self.name, "version": self.version, "config": cfg, "environment": self.environment},
             sort_keys=True,

@@ -104,7 +104,7 @@ def speech_stage(model: str, config: SpeechConfig) -> Stage:
         writes=WRITES,
         process=SpeechStep(model, config),
         config=config,
-        runtime=frozenset(SPEECH_RUNTIME),
+        runtime=SPEECH_RUNTIME,
         environment=_environment(resolved),
         batch_size=_rows_per_call(config),
     )

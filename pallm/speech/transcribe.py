@@ -148,15 +148,15 @@ def load_transcriber(model: str, config: SpeechConfig) -> Transcriber:
 
     name, model = model, resolve_asr_model(model)
     decoders, threads, _ = config.decoding()
-    local_only = model != name or config.offline
     whisper = WhisperModel(
         model,
         config.device,
         compute_type=config.compute_type,
         cpu_threads=threads,
         num_workers=decoders,
-        local_files_only=local_only,
+        local_files_only=model != name or config.offline,
     )
+    # whisperx adds its VAD and decoding options around the model it is given (compute_type only for its log).
     pipeline = whisperx.load_model(
         model,
         config.device,
@@ -166,7 +166,6 @@ def load_transcriber(model: str, config: SpeechConfig) -> Transcriber:
         vad_method="pyannote",
         vad_options={"vad_onset": config.vad_onset, "vad_offset": config.vad_offset},
         asr_options={"beam_size": config.beam_size},
-        local_files_only=local_only,
     )
     return Transcriber(pipeline, config)
 
