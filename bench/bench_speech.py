@@ -37,7 +37,7 @@ def pick(corpus: Path, n: int) -> list[Path]:
     return files[::step][:n]
 
 
-def job_ours(files: list[Path], model: str, compute_type: str, threads: int, layout: str) -> dict:
+def job_ours(files: list[Path], model: str, compute_type: str, threads: int, whisperx_layout: bool) -> dict:
     """Load once, transcribe every clip, then measure the cues with the words."""
     import soundfile as sf
 
@@ -48,7 +48,7 @@ def job_ours(files: list[Path], model: str, compute_type: str, threads: int, lay
 
     t0 = time.perf_counter()
     config = SpeechConfig(compute_type=compute_type, threads=threads)
-    if layout == "whisperx":
+    if whisperx_layout:
         config = config.model_copy(update={"decoders": 1, "batch_size": 8})
     tr = load_transcriber(model, config)
     t1 = time.perf_counter()
@@ -67,7 +67,7 @@ def job_ours(files: list[Path], model: str, compute_type: str, threads: int, lay
     return {"seconds": t2 - t0, "load": t1 - t0, "cues": t3 - t2, "clips": len(files), "words": words, "layout": layout}
 
 
-def job_cli(files: list[Path], model: str, compute_type: str, threads: int, layout: str) -> dict:
+def job_cli(files: list[Path], model: str, compute_type: str, threads: int) -> dict:
     """The `whisperx` command on the same files, model folder and settings."""
     exe = Path(sys.executable).parent / "whisperx"
     with tempfile.TemporaryDirectory() as out:
@@ -99,7 +99,7 @@ def main() -> None:
     ap.add_argument("--model", default="tiny.en", help="tiny.en or base (packaged) or a CTranslate2 folder")
     ap.add_argument("--compute-type", default="int8")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--job", nargs=2, metavar=("WHO", "LAYOUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--job", choices=("cli", "ours", "ours-whisperx-layout"), help=argparse.SUPPRESS)
     add_rows_option(ap)
     a = ap.parse_args()
     if not a.corpus.is_dir():
@@ -110,16 +110,15 @@ def main() -> None:
     folder = resolve_asr_model(a.model)
     settings = (files, folder, a.compute_type, a.threads)
     if a.job:
-        who, layout = a.job
-        result = job_ours(*settings, layout) if who == "ours" else job_cli(*settings, layout)
+        result = job_cli(*settings) if a.job == "cli" else job_ours(*settings, a.job == "ours-whisperx-layout")
         self_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result | {"peak_mib": max(self_peak, result.pop("peak_child_mib", 0.0))}))
         return
     common = ["--corpus", str(a.corpus), "--clips", str(a.clips), "--model", a.model, "--compute-type",
               a.compute_type, "--threads", str(a.threads)]  # fmt: skip
-    cli = run_job(["--job", "cli", "whisperx", *common])
-    ours = run_job(["--job", "ours", "default", *common])
-    as_whisperx = run_job(["--job", "ours", "whisperx", *common])
+    cli = run_job(["--job", "cli", *common])
+    ours = run_job(["--job", "ours", *common])
+    as_whisperx = run_job(["--job", "ours-whisperx-layout", *common])
     print(f"\nmachine: {os.cpu_count()} cores; model {a.model} ({a.compute_type}), beam 5, threads {a.threads}; "
           f"{len(files)} RAVDESS clips; each loads the model once")  # fmt: skip
     print(f"{'stage':44s} {'seconds':>8s} {'clips/s':>8s} {'x whisperx':>10s} {'peak MiB':>9s}  notes")
