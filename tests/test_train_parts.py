@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ROOT
 from review_helpers import add_users
@@ -15,6 +16,8 @@ from pallm.review import db, export, importer, workflow
 from pallm.review.models import User
 from pallm.train.answer import format_understanding, parse_understanding
 from pallm.train.data import examples
+from pallm.train.evaluate import swap_audio, swap_permutation
+from pallm.train.intervals import paired_changes
 from pallm.train.metrics import INVALID, score, score_groups
 from pallm.train.rewards import REPLY, UNDERSTAND, correctness_reward, format_reward, grounding_reward
 
@@ -154,3 +157,64 @@ def test_shipped_training_configs_are_valid_and_leave_room_for_an_answer(path: P
     cfg = TrainConfig.load(path)
     if cfg.model.family == "offline" or cfg.model.size != "tiny":
         assert cfg.eval.max_new_tokens >= 128 and cfg.rl.max_completion_length >= 128, path.name
+
+
+def test_hand_built_answers_give_exact_scores_and_intervals_around_them() -> None:
+    truth = ["angry"] * 4 + ["calm"] * 4 + ["sad"] * 2
+    predicted = ["angry", "angry", "angry", "calm", "calm", "calm", None, "sad", "sad", "angry"]
+    s = score(truth, predicted, labels=["angry", "calm", "sad"], seed=3)
+    assert s.wa == pytest.approx(6 / 10)
+    assert s.ua == pytest.approx((3 / 4 + 2 / 4 + 1 / 2) / 3)
+    # F1: angry P=3/4 R=3/4 -> 3/4; calm P=2/3 R=2/4 -> 4/7; sad P=1/2 R=1/2 -> 1/2.
+    assert s.macro_f1 == pytest.approx((3 / 4 + 4 / 7 + 1 / 2) / 3)
+    for point, (low, high) in ((s.wa, s.wa_ci), (s.ua, s.ua_ci)):
+        assert low < point < high, (low, point, high)
+        assert high - low < 0.8, "an interval, not the whole range"
+    again = score(truth, predicted, labels=["angry", "calm", "sad"], seed=3)
+    assert (again.wa_ci, again.ua_ci) == (s.wa_ci, s.ua_ci), "seeded"
+    perfect = score(truth, truth)
+    assert perfect.ua_ci == (1.0, 1.0) and perfect.wa_ci == (1.0, 1.0)
+
+
+def test_a_paired_interval_of_a_system_against_itself_is_zero_and_a_real_gain_excludes_zero() -> None:
+    rng = np.random.default_rng(0)
+    truth = list(rng.choice(["a", "b", "c"], size=200))
+    right = list(rng.random(200) < 0.5)
+    same = paired_changes(truth, right, right, seed=1)
+    assert all((c.delta, c.low, c.high, c.real) == (0.0, 0.0, 0.0, False) for c in same.values())
+    better = [True if k % 2 else r for k, r in enumerate(right)]  # half the wrong answers put right
+    gain = paired_changes(truth, right, better, seed=1)["ua"]
+    assert gain.real and 0 < gain.low < gain.delta < gain.high
+
+    def ua(correct: list[bool]) -> float:
+        return score(truth, [t if c else None for t, c in zip(truth, correct, strict=True)]).ua
+
+    assert gain.delta == pytest.approx(ua(better) - ua(right))
+    noise = paired_changes(truth, right, list(rng.random(200) < 0.5), seed=1)["wa"]
+    assert noise.low < noise.delta < noise.high
+
+
+@pytest.mark.parametrize("labels", [list("aaabbc"), list("aaaaab"), list("abcdefgh") * 3, list("ab"), ["x"] * 5])
+def test_the_swap_permutation_has_no_fixed_point_is_seeded_and_pairs_other_labels(labels: list[str]) -> None:
+    perm = swap_permutation(labels, seed=7)
+    assert sorted(perm) == list(range(len(labels))), "a permutation"
+    assert all(perm[k] != k for k in range(len(labels))), "no clip hears itself"
+    assert swap_permutation(labels, seed=7) == perm
+    assert any(swap_permutation(labels, seed=s) != perm for s in range(8)) or len(labels) == 2
+    largest = max(labels.count(x) for x in labels)
+    same = sum(labels[perm[k]] == labels[k] for k in range(len(labels)))
+    assert same == max(0, 2 * largest - len(labels)), "the fewest clips possible hear their own label"
+
+
+def test_swapped_audio_stays_within_corpus_and_split() -> None:
+    rows = [{"id": f"{split}{k}", "corpus": "c", "split": split, "task": UNDERSTAND, "audio": f"{split}{k}".encode(),
+             "emotion": "angry" if k % 2 else "calm", "sentiment": "negative"}
+            for split in ("test", "validation") for k in range(4)]  # fmt: skip
+    rows.append({**rows[0], "task": REPLY})
+    swapped = swap_audio(rows, seed=0)
+    assert len(swapped) == 8, "understanding rows only"
+    for r in swapped:
+        assert r["swapped_from"] != r["id"] and r["swapped_from"][0] == r["id"][0], "same split, another clip"
+        assert r["audio"] == r["swapped_from"].encode() and r["emotion"] != (
+            "angry" if int(r["swapped_from"][-1]) % 2 else "calm"
+        ), "the partner has the other label"

@@ -4,16 +4,22 @@ Understanding: WA, UA, macro-F1 and the confusion matrix for sentiment and for e
 (`pallm.train.metrics`). Replies: similarity to the teacher's tone-aware reply and to the words-only reply,
 and the margin between them (`ReplySimilarityReward`). The words-only baseline answers from the transcript
 alone: the lexical probe's out-of-fold emotion (and its sentiment), and the words-only reply.
+
+The audio-swap test scores a model a second time with each clip's audio replaced by another clip's of the same
+corpus and split (`swap_permutation`), the prompt and the gold labels unchanged. A model that listens follows
+the audio it is given, so its UA against the original labels falls (to 0 for a perfect listener, since the
+partners carry other labels); a model that reads the prompt or guesses does not move.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import asdict
 from statistics import mean
 from typing import Any
 
-from pallm.labels import UnknownLabel, map_label
+from pallm.labels import EMOTIONS, UnknownLabel, map_label
 from pallm.train.answer import SENTIMENTS, parse_understanding
 from pallm.train.metrics import score_groups
 from pallm.train.rewards import REPLY, UNDERSTAND, ReplySimilarityReward
@@ -59,6 +65,11 @@ def answer_rows(examples: Sequence[dict[str, Any]], texts: Sequence[str]) -> lis
     return rows
 
 
+def label_answer(reasoning: str, sentiment: str | None, emotion: str | None) -> str:
+    """A classifier's labels written as an understanding answer, so baselines are scored by the same code."""
+    return f"Reasoning: {reasoning}\nCues: none\nSentiment: {sentiment}\nEmotion: {emotion}"
+
+
 def words_only_rows(examples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The words-only baseline's rows: the lexical probe's emotion and its sentiment, the words-only reply."""
     texts = []
@@ -71,18 +82,65 @@ def words_only_rows(examples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             sentiment = map_label("*", label).sentiment if label else None
         except UnknownLabel:
             sentiment = None
-        texts.append(f"Reasoning: from the words alone.\nCues: none\nSentiment: {sentiment}\nEmotion: {label}")
+        texts.append(label_answer("from the words alone.", sentiment, label))
     return answer_rows(examples, texts)
 
 
-def score_rows(rows: Sequence[dict[str, Any]], scorer: ReplySimilarityReward | None) -> dict[str, Any]:
-    """The metrics of one system's rows: per (corpus, split), sentiment and emotion scores and reply scores."""
+def swap_permutation(labels: Sequence[str | None], seed: int) -> list[int]:
+    """A seeded permutation with no fixed point (for two or more items) that gives each item a partner of another
+    label wherever the label counts allow it.
+
+    The items are laid out by label (labels and the items within each in a seeded random order) and each takes
+    the item `m` places further round the circle, `m` the size of the largest label: with `m <= n/2` every
+    partner has another label, and otherwise only the fewest possible, `2m - n`, share one.
+    """
+    n = len(labels)
+    if n < 2:
+        return list(range(n))
+    rng = random.Random(seed)
+    by_label: dict[str, list[int]] = {}
+    for k, label in enumerate(labels):
+        by_label.setdefault(str(label), []).append(k)
+    groups = sorted(by_label.values(), key=len, reverse=True)  # the largest first: it must not meet itself
+    for g in groups:
+        rng.shuffle(g)
+    rest = groups[1:]
+    rng.shuffle(rest)
+    order = [k for g in [groups[0], *rest] for k in g]
+    shift = len(groups[0]) if len(groups[0]) < n else 1
+    out = [0] * n
+    for pos, k in enumerate(order):
+        out[k] = order[(pos + shift) % n]
+    return out
+
+
+def swap_audio(examples: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """The understanding examples with each clip's audio swapped for another's of the same corpus and split
+    (`swap_permutation` over the emotion, else the sentiment); `swapped_from` names the clip heard."""
+    rows = [e for e in examples if e["task"] == UNDERSTAND]
+    groups: dict[tuple[str, str], list[int]] = {}
+    for k, e in enumerate(rows):
+        groups.setdefault((e["corpus"], e["split"]), []).append(k)
+    out = list(rows)
+    for members in groups.values():
+        perm = swap_permutation([rows[k]["emotion"] or rows[k]["sentiment"] for k in members], seed)
+        for k, partner in zip(members, perm, strict=True):
+            src = rows[members[partner]]
+            out[k] = {**rows[k], "audio": src["audio"], "swapped_from": src["id"]}
+    return out
+
+
+def score_rows(rows: Sequence[dict[str, Any]], scorer: ReplySimilarityReward | None, seed: int = 0) -> dict[str, Any]:
+    """The metrics of one system's rows: per (corpus, split), sentiment and emotion scores (intervals drawn from
+    `seed`) and reply scores."""
     understand = [r for r in rows if r["task"] == UNDERSTAND]
     out: dict[str, Any] = {"sentiment": {}, "emotion": {}, "reply": {}}
-    for key, scores in score_groups(understand, "sentiment", "pred_sentiment", labels=SENTIMENTS).items():
+    for key, scores in score_groups(understand, "sentiment", "pred_sentiment", labels=SENTIMENTS, seed=seed).items():
         out["sentiment"]["/".join(key)] = asdict(scores)
-    emotions = sorted({r["emotion"] for r in understand if r["emotion"]})
-    for key, scores in score_groups(understand, "emotion", "pred_emotion", labels=emotions).items():
+    # A real emotion that no clip of a group has is a wrong answer, not an invalid one: it gets a column.
+    emotions = sorted({r["emotion"] for r in understand if r["emotion"]}
+                      | {r["pred_emotion"] for r in understand if r["pred_emotion"] in EMOTIONS})  # fmt: skip
+    for key, scores in score_groups(understand, "emotion", "pred_emotion", labels=emotions, seed=seed).items():
         out["emotion"]["/".join(key)] = asdict(scores)
     replies = [r for r in rows if r["task"] == REPLY and r["reply"]]
     if scorer is not None and replies:
