@@ -136,6 +136,16 @@ def trainable(ravdess16k: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.fixture(scope="session")
+def angry_calm(ravdess16k: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second real dataset, of other clips: every angry and calm clip of actors 2 (test), 6 (validation) and
+    10, 11, 12, 14 (train)."""
+    from review_helpers import build_reviewable
+
+    return build_reviewable(ravdess16k, tmp_path_factory.mktemp("angry-calm"), per_actor=16,
+                            actors=(2, 6, 10, 11, 12, 14), emotions=("02", "05"))  # fmt: skip
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random-weight Qwen2-Audio (SmolLM2's tokenizer), saved once: its folder."""
     pytest.importorskip("trl", reason="training needs the train extra: pip install -e '.[train]'")

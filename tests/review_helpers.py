@@ -30,12 +30,16 @@ ROLES = {"ann1": "annotator", "ann2": "annotator", "ann3": "annotator", "rev1": 
          "admin": "admin"}  # fmt: skip
 
 
-def build_reviewable(ravdess16k: Path, root: Path, per_actor: int = 4, actors: tuple[int, ...] = (1, 2, 3)) -> Path:
-    """A real dataset: real RAVDESS clips of a few actors, Whisper tiny.en words, the rules teacher. Actors 1-4
-    are the test split, 5-8 validation, the others train."""
+def build_reviewable(
+    ravdess16k: Path, root: Path, per_actor: int = 4, actors: tuple[int, ...] = (1, 2, 3),
+    emotions: tuple[str, ...] | None = None,
+) -> Path:  # fmt: skip
+    """A real dataset: real RAVDESS clips of a few actors (only the emotion codes `emotions`, when given), Whisper
+    tiny.en words, the rules teacher. Actors 1-4 are the test split, 5-8 validation, the others train."""
     src = root / "src"
     for a in actors:
         clips = sorted((ravdess16k / f"Actor_{a:02d}").glob("*.wav"))
+        clips = [c for c in clips if emotions is None or c.stem.split("-")[2] in emotions]
         (src / f"Actor_{a:02d}").mkdir(parents=True)
         for clip in clips[:: max(1, len(clips) // per_actor)][:per_actor]:
             shutil.copy(clip, src / f"Actor_{a:02d}" / clip.name)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from pallm.model.speech_lm import SpeechLM
 from pallm.train.config import ModelConfig
 
@@ -17,4 +19,14 @@ def build(cfg: ModelConfig, checkpoint: Path | None = None, seed: int = 0) -> Sp
     return builders[cfg.family](cfg, checkpoint=checkpoint, seed=seed)
 
 
-__all__ = ["SpeechLM", "build"]
+def frozen_encoder(cfg: ModelConfig) -> Callable[[list[np.ndarray]], list[np.ndarray]] | None:
+    """The audio encoder that `cfg`'s model receives its frames from and never trains, as clips -> frames; None
+    where the encoder trains with the model (Qwen2-Audio as configured here), so no probe of it is fixed."""
+    if cfg.family == "offline":
+        from pallm.model.offline import frame_encoder
+
+        return frame_encoder(cfg)
+    return None
+
+
+__all__ = ["SpeechLM", "build", "frozen_encoder"]

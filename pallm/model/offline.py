@@ -181,21 +181,28 @@ def _decoder(source: str | None) -> Any:
     return AutoModelForCausalLM.from_pretrained(source)
 
 
+def frame_encoder(cfg: ModelConfig, encoder: str | None = None) -> WhisperEncoder:
+    """The frozen encoder of the backbone (`encoder`, else the config's) with its frame cache: the model's processor
+    and the encoder probe read the same frames."""
+    name = encoder or cfg.encoder
+    cache = Path(cfg.encoder_cache) if cfg.encoder_cache else cache_dir("whisper-frames")
+    return WhisperEncoder(name, cache_dir=cache / name.replace("/", "_"))
+
+
 def build(cfg: ModelConfig, checkpoint: Path | None = None, seed: int = 0) -> SpeechLM:
     """The offline backbone from `checkpoint` (a saved stage), else from its pretrained parts."""
     dtype = dtype_for(cfg)
-    cache = Path(cfg.encoder_cache) if cfg.encoder_cache else cache_dir("whisper-frames")
     if checkpoint is not None:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         model = OfflineSpeechLM.from_pretrained(checkpoint, dtype=dtype)
-        encoder = WhisperEncoder(model.config.encoder, cache_dir=cache / model.config.encoder.replace("/", "_"))
+        encoder = frame_encoder(cfg, model.config.encoder)
     else:
         tokenizer = offline_tokenizer(cfg.tokenizer)
         decoder = _decoder(cfg.source)
         decoder.resize_token_embeddings(len(tokenizer))
-        encoder = WhisperEncoder(cfg.encoder, cache_dir=cache / cfg.encoder.replace("/", "_"))
+        encoder = frame_encoder(cfg)
         width = encoder([np.zeros(SAMPLE_RATE, np.float32)])[0].shape[1]
         config = OfflineSpeechConfig(
             text_config=decoder.config, encoder=cfg.encoder, encoder_dim=width, stack=cfg.stack,
