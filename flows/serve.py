@@ -1,9 +1,9 @@
 """Serve the deployments from this process: `pallm serve` (or `python -m flows.serve`).
 
 With a Prefect server running (`prefect server start`), this registers `build-dataset/demo`,
-`build-dataset/default` and `train-pallm/cpu` and runs their flow runs here until stopped. `prefect.yaml`
-declares the same deployments for a process work pool (and `train-pallm/gpu` for a Kubernetes one), for teams
-that run workers.
+`build-dataset/default`, `train-pallm/cpu` and `evaluate-pallm/default` and runs their flow runs here until
+stopped. `prefect.yaml` declares the same deployments for a process work pool (and `train-pallm/gpu` for a
+Kubernetes one), for teams that run workers.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from prefect import serve
 
 from flows.build_dataset import build_dataset
-from flows.train_pallm import train_pallm
+from flows.train_pallm import evaluate_pallm, train_pallm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,6 +38,12 @@ def main() -> None:
             description="The tiny random Qwen2-Audio on the CPU: --param dataset=DIR --param out=DIR",
             parameters={"config": str(ROOT / "configs" / "train-tiny.yaml")},
             tags=["pallm", "train", "cpu"],
+        ),
+        evaluate_pallm.to_deployment(
+            name="default",
+            description="Every system of a finished run on another dataset: --param run=DIR --param dataset=DIR "
+            "--param out=DIR",
+            tags=["pallm", "evaluate"],
         ),
     )
 

@@ -1,4 +1,5 @@
-"""The `train-pallm` flow: evaluate the baselines, SFT, evaluate, RL, evaluate, report.
+"""The `train-pallm` flow: evaluate the baselines, SFT, evaluate, RL, evaluate, report; and the
+`evaluate-pallm` flow, which evaluates every system of a finished run on another dataset with the same task.
 
 The work is in `pallm.train.steps`; this module only sequences the steps, reports progress and publishes the
 report as Prefect artifacts. Each step skips itself when its output is complete and the trainers resume from
@@ -24,9 +25,9 @@ from pallm.train.config import TrainConfig
 
 
 @task(name="evaluate", task_run_name="evaluate {system}", cache_policy=NO_CACHE)
-def evaluate(dataset: Path, out: Path, cfg: TrainConfig, system: str) -> dict[str, Any]:
-    """Metrics of one system on the evaluation splits."""
-    return steps.run_eval(dataset, out, cfg, system)
+def evaluate(dataset: Path, out: Path, cfg: TrainConfig, system: str, dest: Path | None = None) -> dict[str, Any]:
+    """Metrics of one system of the run `out` on the evaluation splits of `dataset` (into DEST, else OUT/eval)."""
+    return steps.run_eval(dataset, out, cfg, system, dest)
 
 
 @task(name="sft", cache_policy=NO_CACHE)
@@ -52,8 +53,8 @@ def train_pallm(dataset: str, out: str, config: str | None = None) -> dict[str, 
     steps.start_run(data, run, cfg)
     log.info("training %s on %s into %s", cfg.name, data, run)
     progress = create_progress_artifact(0.0, description=f"{cfg.name}: share of the run done (steps weighted by time)")
-    evaluate(data, run, cfg, "words-only")
-    evaluate(data, run, cfg, "before-sft")
+    for system in ("words-only", "acoustic", "encoder-probe", "before-sft"):
+        evaluate(data, run, cfg, system)
     update_progress_artifact(progress, 15)
     loss = [e["loss"] for e in sft(data, run, cfg)["history"] if "loss" in e]
     log.info("SFT loss %.3f -> %.3f over %d steps", loss[0], loss[-1], len(loss)) if loss else None
@@ -73,11 +74,8 @@ def train_pallm(dataset: str, out: str, config: str | None = None) -> dict[str, 
 
 def summary(run: Path) -> dict[str, Any]:
     """Sentiment and emotion UA per system and evaluation group, and the report's path."""
-    import json
-
     ua: dict[str, dict[str, float]] = {}
-    for system in steps.SYSTEMS:
-        m = json.loads((run / "eval" / f"{system}.json").read_text(encoding="utf-8"))
+    for system, m in report.load_metrics(run / "eval").items():
         for task_name in ("sentiment", "emotion"):
             for group, s in m[task_name].items():
                 ua.setdefault(system, {})[f"{task_name} {group}"] = s["ua"]
@@ -90,3 +88,23 @@ def publish(run: Path, path: Path) -> None:
                              description=f"Training report of {run}")  # fmt: skip
     rows = [{"system": s, "metric": k, "UA": round(v, 4)} for s, m in summary(run)["ua"].items() for k, v in m.items()]
     create_table_artifact(rows, key="train-pallm-ua", description="Unweighted accuracy per system")
+
+
+@flow(name="evaluate-pallm", log_prints=True, persist_result=False)
+def evaluate_pallm(
+    run: str, dataset: str, out: str, splits: list[str] | None = None, limit: int | None = None
+) -> dict[str, Any]:
+    """Evaluate every system of a finished train-pallm run (its baselines, refitted on the run's own training
+    split, and each trained model) on the splits of another built dataset (default: all of them); the metrics
+    and a report in `out`, in the format of the run's own `eval/`."""
+    log = get_run_logger()
+    run_dir, data, dest = Path(run), Path(dataset), Path(out)
+    cfg = steps.evaluation_config(run_dir, data, splits, limit)
+    systems = steps.finished_systems(run_dir)
+    log.info("evaluating %s of %s on %s (splits %s) into %s", ", ".join(systems), run_dir, data, cfg.eval.splits, dest)
+    for system in systems:
+        evaluate(data, run_dir, cfg, system, dest)
+    path = report.write_evaluation_report(dest, run_dir, data)
+    create_markdown_artifact(path.read_text(encoding="utf-8"), key="evaluate-pallm-report",
+                             description=f"Evaluation of {run_dir} on {data}")  # fmt: skip
+    return {"out": str(dest.resolve()), "report": str(path.resolve()), "systems": list(systems)}

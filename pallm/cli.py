@@ -136,6 +136,69 @@ def train(
 
 
 @app.command()
+def evaluate(
+    run: Annotated[Path, typer.Option(help="a finished training run folder (pallm train)")],
+    dataset: Annotated[Path, typer.Option(help="a built dataset folder to evaluate on (pallm build-dataset)")],
+    out: Annotated[Path, typer.Option(help="folder for <system>.json, the answers and report.md")],
+    splits: Annotated[str | None, typer.Option(help="comma-separated splits (default: all of the dataset's)")] = None,
+    limit: Annotated[int | None, typer.Option(help="at most N clips per split, a seeded random sample")] = None,
+) -> None:
+    """Evaluate every system of a finished run (baselines refitted on the run's training split, each trained
+    model, with swapped audio and intervals) on another dataset, through the evaluate-pallm flow."""
+    from pallm.train.steps import evaluation_config
+
+    chosen = [s.strip() for s in splits.split(",") if s.strip()] if splits else None
+    try:
+        evaluation_config(run, dataset, chosen, limit)  # fail before Prefect starts
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    from flows.train_pallm import evaluate_pallm
+
+    summary = evaluate_pallm(run=str(run), dataset=str(dataset), out=str(out), splits=chosen, limit=limit)
+    typer.echo(json.dumps(summary, indent=2))
+    typer.echo(f"report: {summary['report']}", err=True)
+
+
+@app.command()
+def listen(
+    clips: Annotated[list[Path], typer.Argument(help="audio files (WAV, FLAC, MP3, M4A, ...)")],
+    model: Annotated[Path, typer.Option(help="a training run folder (its final model) or a saved model folder")],
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per clip and line")] = False,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="longest answer in tokens (default: the run's evaluation setting, else 128)")
+    ] = None,
+) -> None:
+    """Run a trained model on audio files: its reasoning, cues, sentiment and emotion, and a reply to the speaker.
+    A file that cannot be read gets an error line; the other clips are still answered (exit status 1)."""
+    from pallm.train.listen import listen as answer
+    from pallm.train.listen import resolve_model
+
+    try:
+        resolved = resolve_model(model, max_new_tokens)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    failed = 0
+    for r in answer(resolved, clips):
+        if "error" in r:
+            failed += 1
+            typer.secho(f"error: {r['path']}: {r['error']}", fg=typer.colors.RED, err=True)
+            if as_json:
+                typer.echo(json.dumps(r))
+            continue
+        if as_json:
+            typer.echo(json.dumps(r))
+            continue
+        typer.echo(f"{r['path']}")
+        typer.echo(f"  reasoning: {r['reasoning']}" + ("" if r["parsed"] else "  (not in the answer format)"))
+        typer.echo(f"  cues:      {'; '.join(r['cues']) or 'none'}")
+        typer.echo(f"  sentiment: {r['sentiment'] or '–'}")
+        typer.echo(f"  emotion:   {r['emotion'] or '–'}")
+        typer.echo(f"  reply:     {r['reply']}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def corpora() -> None:
     """List the corpus adapters with their licences."""
     from pallm.corpora import ADAPTERS

@@ -178,6 +178,8 @@ def test_a_deployment_run_killed_mid_sft_resumes_through_the_cli(
                              capture_output=True).returncode:  # fmt: skip
             assert serve_proc.poll() is None and time.monotonic() < deadline, "pallm serve registered no train-pallm"
             time.sleep(1)
+        inspect = [prefect, "deployment", "inspect", "evaluate-pallm/default"]
+        assert subprocess.run(inspect, env=prefect_server, capture_output=True).returncode == 0
         run = subprocess.run([prefect, "deployment", "run", "train-pallm/cpu", "--param", f"dataset={trainable}",
                               "--param", f"out={out}", "--param", f"config={config}"],
                              env=prefect_server, capture_output=True, text=True, timeout=60)  # fmt: skip
@@ -205,9 +207,10 @@ def test_a_deployment_run_killed_mid_sft_resumes_through_the_cli(
                   duplicates=len(logged) - len(set(logged)))  # fmt: skip
     rl = json.loads((out / "rl" / "done.json").read_text())
     assert len([e for e in rl["history"] if "reward" in e]) == 2
-    assert set(summary["ua"]) == set(steps.SYSTEMS)
+    scored = set(steps.SYSTEMS) - {"encoder-probe"}  # the tiny Qwen2-Audio trains its encoder: no probe of it
+    assert set(summary["ua"]) == scored
     report = (out / "report.md").read_text()
-    for system in steps.SYSTEMS:
+    for system in scored:
         assert f"| ravdess/validation | {system} | 2 |" in report
     assert (out / "rl" / "model" / "README.md").is_file() and (out / "rl_rewards.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="another dataset or configuration"):

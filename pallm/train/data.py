@@ -38,6 +38,21 @@ def understand_prompt(emotions: Sequence[str]) -> str:
 
 
 REPLY_PROMPT = "Reply to the speaker in one or two sentences, in a tone that fits how they sound."
+LABELS_FILE = "labels.json"  # beside a saved model: the emotions its understanding prompt offers
+
+
+def chat_prompt(instruction: str) -> list[dict[str, Any]]:
+    """The prompt of an example: the system turn, then the user's turn with the audio and the instruction."""
+    return [
+        {"role": "system", "content": [{"type": "text", "text": SYSTEM}]},
+        {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": instruction}]},
+    ]
+
+
+def emotion_labels(dataset_dir: Path) -> list[str]:
+    """The emotions the understanding prompt offers: every emotion of the dataset, all splits, so training and
+    evaluation prompts are the same."""
+    return sorted({e for e in read_rows(dataset_dir, columns=["id", "emotion"]).column("emotion").to_pylist() if e})
 
 
 def read_rows(dataset_dir: Path, splits: Sequence[str] | None = None, columns: Sequence[str] = COLUMNS) -> pa.Table:
@@ -65,8 +80,7 @@ def examples(
     if not 0 <= understand_share <= 1:
         raise ValueError("understand_share must be between 0 and 1")
     rows = read_rows(dataset_dir, splits).to_pylist()
-    # The label options come from every split, so training and evaluation prompts are the same.
-    emotions = sorted({e for e in read_rows(dataset_dir, columns=["id", "emotion"]).column("emotion").to_pylist() if e})
+    emotions = emotion_labels(dataset_dir)
     keep = {UNDERSTAND: min(1.0, 2 * understand_share), REPLY: min(1.0, 2 * (1 - understand_share))}
     rng = random.Random(seed)
     out = []
@@ -84,10 +98,7 @@ def examples(
                 continue
             out.append({
                 "id": r["id"], "corpus": r["corpus"], "split": r["split"], "task": task,
-                "prompt": [
-                    {"role": "system", "content": [{"type": "text", "text": SYSTEM}]},
-                    {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": instruction}]},
-                ],
+                "prompt": chat_prompt(instruction),
                 "completion": [{"role": "assistant", "content": [{"type": "text", "text": target}]}],
                 "audio": r["audio"]["bytes"], "sentiment": r["sentiment"], "emotion": r["emotion"],
                 "cue_words": list(r["cue_words"] or []), "reply": r["reply"],

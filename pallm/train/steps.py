@@ -4,7 +4,8 @@
     OUT/base/model/            the initial model, when it is built with random weights (pretrained: its source)
     OUT/sft/model/             the model after SFT (full weights, processor)     + checkpoint-N/ while training
     OUT/rl/model/              the model after SFT + RL                          + checkpoint-N/ while training
-    OUT/eval/<system>.json     metrics of words-only, before-sft, after-sft, after-rl; answers beside them
+    OUT/eval/<system>.json     metrics of words-only, acoustic, encoder-probe, before-sft, after-sft, after-rl;
+                               answers beside them (<system>.jsonl, and <system>.swapped.jsonl for models)
     OUT/report.md, plots, README.md (the model card)
 
 Every step is skipped when its output is complete (`done.json`), and a trainer resumes from its last
@@ -21,12 +22,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pallm.shards import write_json_atomic
+from pallm.shards import write_bytes_atomic, write_json_atomic
 from pallm.train.checkpoints import finished, last_checkpoint, mark_finished
 from pallm.train.config import TrainConfig
 from pallm.train.data import examples
 
-SYSTEMS = ("words-only", "before-sft", "after-sft", "after-rl")
+MODELS = ("before-sft", "after-sft", "after-rl")  # the model at each point of training
+SYSTEMS = ("words-only", "acoustic", "encoder-probe", *MODELS)
 CONFIG_FILE = "config.json"
 
 
@@ -118,11 +120,15 @@ def launch(stage: str, dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, 
     return record
 
 
-def _finish(speech: Any, stage: Path, resumed: str | None, history: list[dict]) -> dict[str, Any]:
-    """Save the stage's model and mark it finished (the first process only, the others wait for it)."""
+def _finish(speech: Any, stage: Path, resumed: str | None, history: list[dict], dataset: Path) -> dict[str, Any]:
+    """Save the stage's model, with the labels its prompt offers (`pallm listen` asks the same), and mark it
+    finished (the first process only, the others wait for it)."""
+    from pallm.train.data import LABELS_FILE, emotion_labels
+
     record = {"resumed_from": Path(resumed).name if resumed else None, "history": history}
     if _rank() == 0:
         speech.save(stage / "model")
+        write_json_atomic(stage / "model" / LABELS_FILE, {"emotions": emotion_labels(dataset)})
         mark_finished(stage, record)
     if _launched():
         import torch.distributed as dist
@@ -147,7 +153,7 @@ def run_sft(dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
     resumed = last_checkpoint(stage)
     history = train_sft(speech, train_examples(dataset, cfg), cfg.sft, stage, cfg.seed,
                         cfg.model.gradient_checkpointing)  # fmt: skip
-    return _finish(speech, stage, resumed, history)
+    return _finish(speech, stage, resumed, history, dataset)
 
 
 def reward_functions(cfg: TrainConfig) -> dict[str, Any]:
@@ -185,35 +191,113 @@ def run_rl(dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
     resumed = last_checkpoint(stage)
     history = train_grpo(speech, train_examples(dataset, cfg), reward_functions(cfg), cfg.rl, stage, cfg.seed,
                          cfg.model.gradient_checkpointing)  # fmt: skip
-    return _finish(speech, stage, resumed, history)
+    return _finish(speech, stage, resumed, history, dataset)
 
 
-def run_eval(dataset: Path, out: Path, cfg: TrainConfig, system: str) -> dict[str, Any]:
-    """Evaluate one system (skipped when done): metrics in OUT/eval/<system>.json, answers in <system>.jsonl."""
+def evaluation_config(run: Path, dataset: Path, splits: list[str] | None, limit: int | None) -> TrainConfig:
+    """A finished run's configuration, evaluating `splits` of `dataset` (default: all of its splits)."""
+    from pallm.pipeline import read_manifest
+
+    if not (run / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{run} is not a training run (no {CONFIG_FILE}); train one with pallm train")
+    if not finished(run / "sft"):
+        raise ValueError(f"{run} has no finished SFT stage to evaluate; finish it with pallm train")
+    if not (dataset / "manifest.json").is_file():
+        raise FileNotFoundError(f"{dataset} is not a built dataset (no manifest.json)")
+    cfg = TrainConfig.model_validate(json.loads((run / CONFIG_FILE).read_text(encoding="utf-8"))["config"])
+    present = sorted({s["split"] for s in read_manifest(dataset)["shards"]})
+    if splits and (missing := sorted(set(splits) - set(present))):
+        raise ValueError(f"{dataset} has no split {', '.join(missing)}; it has {', '.join(present)}")
+    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"splits": splits or present, "limit": limit})})
+
+
+def run_dataset(run: Path) -> Path:
+    """The dataset a run trained on, as its folder recorded it."""
+    dataset = Path(json.loads((run / CONFIG_FILE).read_text(encoding="utf-8"))["dataset"])
+    if not (dataset / "manifest.json").is_file():
+        raise FileNotFoundError(f"the dataset {run} trained on is no longer at {dataset}; the baselines fit on it")
+    return dataset
+
+
+def model_checkpoint(run: Path, cfg: TrainConfig, system: str) -> Path | None:
+    """Where a model system of the run loads from (None: the pretrained source, for before-sft)."""
+    if system == "before-sft":
+        return initial_model(run, cfg)
+    return stage_model(run, {"after-sft": "sft", "after-rl": "rl"}[system])
+
+
+def finished_systems(run: Path) -> tuple[str, ...]:
+    """The systems a run can be evaluated as: the baselines, and each model whose stage finished."""
+    done = {"after-sft": finished(run / "sft"), "after-rl": finished(run / "rl")}
+    return tuple(s for s in SYSTEMS if done.get(s, True))
+
+
+def _baseline_answers(
+    system: str, dataset: Path, run: Path, cfg: TrainConfig, understand: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A baseline's answers, fitted on the run's training splits, and what its metrics record of it (the rows it
+    was fitted on, or why it does not apply)."""
+    from pallm.model import frozen_encoder
+    from pallm.train import baselines, evaluate
+
+    encode = frozen_encoder(cfg.model) if system == baselines.ENCODER_PROBE else None
+    if system == baselines.ENCODER_PROBE and encode is None:
+        return [], {"not_applicable": f"the {cfg.model.family} model's audio encoder trains with it"}
+    try:
+        fitted = baselines.fit_baseline(system, run_dataset(run), cfg.train_splits, encode)
+    except baselines.NoTrainingRows as e:
+        return [], {"not_applicable": str(e)}
+    answers = evaluate.answer_rows(understand, baselines.predict_rows(fitted, dataset, understand, encode))
+    return answers, {"fitted_on": {"splits": cfg.train_splits, "rows": len(fitted.fitted_ids)}}
+
+
+def _model_answers(
+    system: str, run: Path, cfg: TrainConfig, rows: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A model's answers to `rows`, then its answers to the understanding rows with swapped audio."""
+    from pallm.model import build
     from pallm.train import evaluate
+
+    speech = build(cfg.model.model_copy(update={"lora": None}), checkpoint=model_checkpoint(run, cfg, system),
+                   seed=cfg.seed)  # fmt: skip
+    answers = evaluate.answer_rows(rows, evaluate.generate(speech, rows, cfg.eval.max_new_tokens, cfg.eval.batch_size))
+    heard = evaluate.swap_audio(rows, cfg.seed)
+    texts = evaluate.generate(speech, heard, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+    swapped = [{**a, "swapped_from": h["swapped_from"]}
+               for a, h in zip(evaluate.answer_rows(heard, texts), heard, strict=True)]  # fmt: skip
+    return answers, swapped
+
+
+def run_eval(dataset: Path, run: Path, cfg: TrainConfig, system: str, dest: Path | None = None) -> dict[str, Any]:
+    """Evaluate one system of `run` on the evaluation splits of `dataset` (skipped when done): metrics in
+    DEST/<system>.json, answers in <system>.jsonl (DEST: RUN/eval). Models are scored a second time with
+    swapped audio (`evaluate.swap_audio`); baselines are fitted on the run's own training splits."""
+    from pallm.train import baselines, evaluate
     from pallm.train.rewards import ReplySimilarityReward
 
     if system not in SYSTEMS:
         raise ValueError(f"unknown system {system!r}; one of {SYSTEMS}")
-    path = out / "eval" / f"{system}.json"
+    dest = dest or run / "eval"
+    path = dest / f"{system}.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     rows = eval_examples(dataset, cfg)
+    extra: dict[str, Any] = {}
+    swapped: list[dict[str, Any]] = []
     if system == "words-only":
         answers = evaluate.words_only_rows(rows)
+    elif system in baselines.BASELINES:
+        answers, extra = _baseline_answers(system, dataset, run, cfg, [r for r in rows if r["task"] == "understand"])
     else:
-        from pallm.model import build
-
-        checkpoint = {"before-sft": initial_model(out, cfg), "after-sft": stage_model(out, "sft"),
-                      "after-rl": stage_model(out, "rl")}  # fmt: skip
-        speech = build(cfg.model.model_copy(update={"lora": None}), checkpoint=checkpoint[system], seed=cfg.seed)
-        texts = evaluate.generate(speech, rows, cfg.eval.max_new_tokens, cfg.eval.batch_size)
-        answers = evaluate.answer_rows(rows, texts)
+        answers, swapped = _model_answers(system, run, cfg, rows)
+        scores = evaluate.score_rows(swapped, None, cfg.seed)
+        extra["swapped"] = {"sentiment": scores["sentiment"], "emotion": scores["emotion"]}
     embedder = Path(cfg.rl.embedder) if cfg.rl.embedder else None
-    metrics = {"system": system, **evaluate.score_rows(answers, ReplySimilarityReward(embedder))}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with (out / "eval" / f"{system}.jsonl").open("w", encoding="utf-8") as f:
-        for a in answers:
-            f.write(json.dumps(a) + "\n")
+    scorer = ReplySimilarityReward(embedder) if any(a["task"] == "reply" for a in answers) else None
+    metrics = {"system": system, **evaluate.score_rows(answers, scorer, cfg.seed), **extra}
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, items in ((f"{system}.jsonl", answers), (f"{system}.swapped.jsonl", swapped)):
+        if items:
+            write_bytes_atomic(dest / name, "".join(json.dumps(a) + "\n" for a in items).encode())
     write_json_atomic(path, metrics)
     return metrics
