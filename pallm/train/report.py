@@ -50,7 +50,6 @@ def _answers(path: Path) -> dict[str, dict[str, Any]]:
     return {r["id"]: r for r in rows if r["task"] == "understand"}
 
 
-#: The comparisons every report makes: (from, to, what the change is called).
 def comparisons(systems: set[str]) -> list[tuple[str, str, str]]:
     """The pairs of systems compared, among those present: SFT, RL, each model against the acoustic baseline,
     and each model with its own audio against swapped audio (`<model>/swapped`)."""
