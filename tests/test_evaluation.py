@@ -174,3 +174,25 @@ def test_pallm_listen_answers_real_clips_in_any_format_and_names_a_file_that_is_
     as_json = run_cli(["listen", "--json", "--max-new-tokens", "8", "--model", str(folder), str(wav)], prefect_server)
     assert as_json.returncode == 0
     assert json.loads(as_json.stdout)["reply"] == answer["reply"]
+
+
+def test_listen_reads_clips_as_the_corpora_are_read_and_names_what_it_cannot(ravdess48k: Path, tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    from pallm.audio.decode import DecodeError
+    from pallm.train.listen import read_clip
+
+    stereo = next(p for p in sorted(ravdess48k.rglob("*.wav")) if sf.info(p).channels == 2)
+    samples, rate = sf.read(io.BytesIO(read_clip(stereo)))
+    assert rate == 16_000 and samples.ndim == 1, "mixed down and resampled to what the models take"
+    assert abs(len(samples) / rate - sf.info(stereo).duration) < 0.01
+    long = tmp_path / "long.wav"
+    sf.write(long, np.full(16_000 * 31, 0.01, np.float32), 16_000)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    for path, reason in ((long, "the model hears at most 30 s"), (tmp_path / "empty.wav", "empty file"),
+                         (tmp_path / "missing.wav", "file not found")):  # fmt: skip
+        with pytest.raises(DecodeError, match=reason):
+            read_clip(path)

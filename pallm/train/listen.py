@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pallm.audio.decode import DecodeError, decode, resample
+from pallm.audio.decode import DecodeError, TooLong, decode, resample
 from pallm.audio.stage import encode_wav
 from pallm.labels import EMOTIONS
 from pallm.schema import SAMPLE_RATE
@@ -70,7 +70,10 @@ def read_clip(path: Path) -> bytes:
         raise DecodeError("file not found")
     if path.stat().st_size == 0:
         raise DecodeError("empty file (0 bytes)")
-    info, mono = decode(path, MAX_SECONDS)
+    try:
+        info, mono = decode(path, MAX_SECONDS)
+    except TooLong as e:
+        raise DecodeError(f"{e.args[0].split(' > ')[0]}: the model hears at most {MAX_SECONDS:g} s at once") from None
     if info.duration_s == 0 or mono.size == 0:
         raise DecodeError("no audio samples")
     return encode_wav(resample(mono, info.sample_rate, SAMPLE_RATE))
