@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from pallm.model import build
-from pallm.train.collate import AudioCollator
+from pallm.train.collate import AudioCollator, waveform
 from pallm.train.config import LoraSettings, ModelConfig, SFTSettings
 from pallm.train.data import examples
 
@@ -68,3 +69,30 @@ def test_lora_sft_trains_adapters_and_projector_only_and_survives_a_reload(
     again = build(cfg.model_copy(update={"lora": None}), checkpoint=tmp_path / "saved")
     with torch.no_grad():
         torch.testing.assert_close(again.model(**batch).logits, logits, atol=1e-3, rtol=1e-3)
+
+
+def test_pooling_sets_the_audio_tokens_per_second(offline: tuple[ModelConfig, Path], trainable: Path) -> None:
+    from pallm.model.offline import pool_frames
+
+    frames = np.arange(10 * 3, dtype=np.float32).reshape(10, 3)
+    pooled = pool_frames(frames, 4)
+    assert pooled.shape == (3, 3)
+    np.testing.assert_allclose(pooled[0], frames[:4].mean(axis=0))
+    np.testing.assert_allclose(pooled[2], frames[8:].mean(axis=0))  # a shorter last group averages what it has
+
+    cfg, folder = offline
+    speech = build(cfg, checkpoint=folder)
+    assert speech.model.config.projector_norm and isinstance(speech.model.projector.norm, torch.nn.LayerNorm)
+    rows = examples(trainable, splits=["train"])[:2]
+    audio_id = speech.model.config.audio_token_index
+    counts = {}
+    for pool in (1, 2, 5):
+        speech.processor.pool = pool
+        batch = AudioCollator(speech.processor)(rows)
+        counts[pool] = [int((batch["input_ids"][k] == audio_id).sum()) for k in range(2)]
+    seconds = [len(waveform(r["audio"])) / 16_000 for r in rows]
+    for pool, tokens in counts.items():
+        for n, s in zip(tokens, seconds, strict=True):
+            frames = math.ceil(s / 0.02)
+            assert n == math.ceil(math.ceil(frames / pool) / 4), (pool, n, s)
+    assert counts[2][0] < counts[1][0] and counts[5][0] < counts[2][0]

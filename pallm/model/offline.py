@@ -4,7 +4,8 @@ transformers, with LoRA. No pretrained speech LLM can be downloaded offline; thi
 and real language knowledge, so it shows whether RL adds to SFT.
 
 It follows the Qwen2-Audio convention, so the collator, both trainers and the evaluation use it unchanged: the
-processor expands `<|AUDIO|>` into one token per `stack` encoder frames and returns the frames as
+processor mean-pools every `pool` encoder frames, expands `<|AUDIO|>` into one token per `stack` pooled frames
+(so 50 / (pool * stack) audio tokens a second) and returns the pooled frames as
 `input_features` with `feature_attention_mask`; the model puts the projected frames in those tokens' places.
 """
 
@@ -43,27 +44,32 @@ class OfflineSpeechConfig(PretrainedConfig):
 
     def __init__(
         self, text_config: PretrainedConfig | dict | None = None, encoder: str = "base", encoder_dim: int = 512,
-        stack: int = 4, audio_token_index: int = 0, **kwargs: Any,
+        stack: int = 4, audio_token_index: int = 0, pool: int = 1, projector_norm: bool = False, **kwargs: Any,
     ) -> None:  # fmt: skip
+        # pool and projector_norm default to what models saved before they existed were: no pooling, no norm.
         if isinstance(text_config, dict):
             text_config = CONFIG_MAPPING[text_config.get("model_type", "llama")](**text_config)
         self.text_config = text_config if text_config is not None else CONFIG_MAPPING["llama"]()
         self.encoder, self.encoder_dim, self.stack = encoder, encoder_dim, stack
+        self.pool, self.projector_norm = pool, projector_norm
         self.audio_token_index = audio_token_index
         super().__init__(**kwargs)
 
 
 class Projector(nn.Module):
-    """`stack` consecutive encoder frames -> one decoder embedding (two layers)."""
+    """`stack` consecutive (pooled) encoder frames -> one decoder embedding (two layers); with `norm`, each frame
+    is layer-normalised first, so the projector sees inputs of one scale whatever the encoder's (Ultravox puts an
+    RMSNorm there)."""
 
-    def __init__(self, encoder_dim: int, stack: int, hidden: int) -> None:
+    def __init__(self, encoder_dim: int, stack: int, hidden: int, norm: bool = False) -> None:
         super().__init__()
         self.stack = stack
+        self.norm = nn.LayerNorm(encoder_dim) if norm else nn.Identity()
         self.net = nn.Sequential(nn.Linear(encoder_dim * stack, hidden), nn.GELU(), nn.Linear(hidden, hidden))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         b, t, d = frames.shape
-        return self.net(frames.reshape(b, t // self.stack, d * self.stack))
+        return self.net(self.norm(frames).reshape(b, t // self.stack, d * self.stack))
 
 
 class OfflineSpeechLM(PreTrainedModel, GenerationMixin):
@@ -77,7 +83,8 @@ class OfflineSpeechLM(PreTrainedModel, GenerationMixin):
     def __init__(self, config: OfflineSpeechConfig) -> None:
         super().__init__(config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        self.projector = Projector(config.encoder_dim, config.stack, config.text_config.hidden_size)
+        self.projector = Projector(config.encoder_dim, config.stack, config.text_config.hidden_size,
+                                   config.projector_norm)  # fmt: skip
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -138,9 +145,9 @@ class OfflineSpeechProcessor(ProcessorMixin):
     tokenizer_class = "AutoTokenizer"
 
     def __init__(self, tokenizer: Any, chat_template: str | None = None, encoder: WhisperEncoder | None = None,
-                 stack: int = 4) -> None:  # fmt: skip
+                 stack: int = 4, pool: int = 1) -> None:  # fmt: skip
         super().__init__(tokenizer, chat_template=chat_template)
-        self.encoder, self.stack = encoder, stack
+        self.encoder, self.stack, self.pool = encoder, stack, pool
 
     def __call__(
         self, text: list[str], audio: list[np.ndarray], sampling_rate: int = SAMPLE_RATE, padding: bool = True,
@@ -152,7 +159,7 @@ class OfflineSpeechProcessor(ProcessorMixin):
             raise RuntimeError("this processor has no encoder (loaded without one)")
         if len(text) != len(audio) or any(t.count("<|AUDIO|>") != 1 for t in text):
             raise ValueError("each text needs exactly one <|AUDIO|> and one clip")
-        frames = self.encoder(audio)
+        frames = [pool_frames(f, self.pool) for f in self.encoder(audio)]
         tokens = [math.ceil(len(f) / self.stack) for f in frames]
         expanded = [t.replace("<|AUDIO|>", "<|AUDIO|>" * n) for t, n in zip(text, tokens, strict=True)]
         enc = self.tokenizer(expanded, padding=padding, return_tensors=return_tensors, **kwargs)
@@ -169,6 +176,17 @@ class OfflineSpeechProcessor(ProcessorMixin):
     def save_pretrained(self, save_directory: str | Path, **_: Any) -> list[str]:
         """The tokenizer and the chat template; the encoder is named by the model's config."""
         return self.tokenizer.save_pretrained(save_directory)
+
+
+def pool_frames(frames: np.ndarray, pool: int) -> np.ndarray:
+    """Mean of every `pool` consecutive frames (a last, shorter group averages what it has)."""
+    if pool == 1:
+        return frames
+    n = math.ceil(len(frames) / pool)
+    padded = np.zeros((n * pool, frames.shape[1]), np.float32)
+    padded[: len(frames)] = frames
+    counts = np.minimum(pool, len(frames) - np.arange(n) * pool)[:, None]
+    return padded.reshape(n, pool, -1).sum(axis=1) / counts
 
 
 def _decoder(source: str | None) -> Any:
@@ -205,8 +223,8 @@ def build(cfg: ModelConfig, checkpoint: Path | None = None, seed: int = 0) -> Sp
         encoder = frame_encoder(cfg)
         width = encoder([np.zeros(SAMPLE_RATE, np.float32)])[0].shape[1]
         config = OfflineSpeechConfig(
-            text_config=decoder.config, encoder=cfg.encoder, encoder_dim=width, stack=cfg.stack,
-            audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
+            text_config=decoder.config, encoder=cfg.encoder, encoder_dim=width, stack=cfg.stack, pool=cfg.pool,
+            projector_norm=cfg.projector_norm, audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
         )  # fmt: skip
         torch.manual_seed(seed)
         model = OfflineSpeechLM(config)
@@ -214,7 +232,8 @@ def build(cfg: ModelConfig, checkpoint: Path | None = None, seed: int = 0) -> Sp
         model.to(dtype)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    processor = OfflineSpeechProcessor(tokenizer, CHAT_TEMPLATE, encoder=encoder, stack=model.config.stack)
+    processor = OfflineSpeechProcessor(tokenizer, CHAT_TEMPLATE, encoder=encoder, stack=model.config.stack,
+                                       pool=model.config.pool)  # fmt: skip
     if cfg.lora is not None:
         model = with_lora(model, cfg.lora, projector="projector")
     return SpeechLM(model=model, processor=processor, family="offline")

