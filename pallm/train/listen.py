@@ -1,9 +1,9 @@
 """Run a trained speech LLM on audio files: for each clip, its reasoning, cues, sentiment and emotion (the
 understanding task) and a reply to the speaker (the reply task), with the prompts it was trained on.
 
-Clips are read through the project's own decoding (`pallm.audio.decode`: libsndfile, else ffmpeg), mixed down
-and resampled to 16 kHz, so any common audio format goes in. A file that cannot be read is reported on its
-own; the other clips are still answered.
+Clips are read by the audio stage a build uses (`pallm.audio.stage`: libsndfile, else ffmpeg; mixed down and
+resampled to 16 kHz; empty, silent, too short or too long clips refused), so any common audio format goes in.
+A file that cannot be read is reported on its own; the other clips are still answered.
 """
 
 from __future__ import annotations
@@ -14,17 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pallm.audio.decode import DecodeError, TooLong, decode, resample
-from pallm.audio.stage import encode_wav
+from pallm.audio.decode import DecodeError
+from pallm.audio.stage import process_audio
+from pallm.config import AudioConfig
+from pallm.corpora.base import SOURCE_KEY, ItemError
 from pallm.labels import EMOTIONS
-from pallm.schema import SAMPLE_RATE
 from pallm.train.answer import parse_understanding
 from pallm.train.checkpoints import finished
 from pallm.train.config import ModelConfig, TrainConfig
 from pallm.train.data import LABELS_FILE, REPLY_PROMPT, chat_prompt, understand_prompt
 from pallm.train.steps import CONFIG_FILE, stage_model
 
-MAX_SECONDS = 30.0  # Whisper's window: what the audio side of every family hears at once
+LIMITS = AudioConfig(max_duration_s=30.0)  # Whisper's window: what the audio side of every family hears at once
 FAMILIES = {"pallm_offline_speech": "offline", "qwen2_audio": "qwen2-audio"}
 
 
@@ -65,18 +66,15 @@ def prompt_emotions(model_dir: Path) -> list[str]:
 
 
 def read_clip(path: Path) -> bytes:
-    """A clip as the 16 kHz mono WAV bytes the models take; DecodeError with the reason when it cannot be."""
-    if not path.is_file():
-        raise DecodeError("file not found")
-    if path.stat().st_size == 0:
-        raise DecodeError("empty file (0 bytes)")
+    """A clip as the 16 kHz mono WAV bytes the models take, through the audio stage a build uses (the same
+    decoding, resampling and checks); DecodeError with the stage's reason when it cannot be."""
     try:
-        info, mono = decode(path, MAX_SECONDS)
-    except TooLong as e:
-        raise DecodeError(f"{e.args[0].split(' > ')[0]}: the model hears at most {MAX_SECONDS:g} s at once") from None
-    if info.duration_s == 0 or mono.size == 0:
-        raise DecodeError("no audio samples")
-    return encode_wav(resample(mono, info.sample_rate, SAMPLE_RATE))
+        return process_audio({SOURCE_KEY: str(path), "audio_path": str(path)}, LIMITS)["audio"]["bytes"]
+    except ItemError as e:
+        reason = str(e)
+        if reason.startswith("too long"):  # the stage names its config field; here the limit is the model's
+            reason = f"{reason.split(' > ')[0]}: the model hears at most {LIMITS.max_duration_s:g} s at once"
+        raise DecodeError(reason) from None
 
 
 def listen(model: Model, clips: Sequence[Path], batch_size: int = 8) -> Iterator[dict[str, Any]]:
