@@ -53,7 +53,7 @@ def train_pallm(dataset: str, out: str, config: str | None = None) -> dict[str, 
     steps.start_run(data, run, cfg)
     log.info("training %s on %s into %s", cfg.name, data, run)
     progress = create_progress_artifact(0.0, description=f"{cfg.name}: share of the run done (steps weighted by time)")
-    for system in ("words-only", "acoustic", "encoder-probe", "before-sft"):
+    for system in (*steps.REFERENCES, "before-sft"):
         evaluate(data, run, cfg, system)
     update_progress_artifact(progress, 15)
     loss = [e["loss"] for e in sft(data, run, cfg)["history"] if "loss" in e]

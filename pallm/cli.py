@@ -182,11 +182,9 @@ def listen(
         if "error" in r:
             failed += 1
             typer.secho(f"error: {r['path']}: {r['error']}", fg=typer.colors.RED, err=True)
-            if as_json:
-                typer.echo(json.dumps(r))
-            continue
         if as_json:
             typer.echo(json.dumps(r))
+        if as_json or "error" in r:
             continue
         typer.echo(f"{r['path']}")
         typer.echo(f"  reasoning: {r['reasoning']}" + ("" if r["parsed"] else "  (not in the answer format)"))

@@ -27,8 +27,9 @@ from pallm.train.checkpoints import finished, last_checkpoint, mark_finished
 from pallm.train.config import TrainConfig
 from pallm.train.data import examples
 
+REFERENCES = ("words-only", "acoustic", "encoder-probe")  # what the model is measured against
 MODELS = ("before-sft", "after-sft", "after-rl")  # the model at each point of training
-SYSTEMS = ("words-only", "acoustic", "encoder-probe", *MODELS)
+SYSTEMS = (*REFERENCES, *MODELS)
 CONFIG_FILE = "config.json"
 
 
