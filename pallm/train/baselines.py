@@ -89,9 +89,12 @@ def acoustic_features(dataset: Path, rows: Sequence[dict[str, Any]]) -> np.ndarr
     table = read_rows(dataset, columns=["id", "speaker_id", *CUE_COLUMNS]).to_pylist()
     raw = {r["id"]: np.array([np.nan if r[c] is None else r[c] for c in CUE_COLUMNS], dtype=float) for r in table}
     speaker = {r["id"]: r["speaker_id"] for r in table}
+    by_speaker: dict[str, list[np.ndarray]] = {}
+    for i, values in raw.items():
+        by_speaker.setdefault(speaker[i], []).append(values)
     stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for s in set(speaker.values()):
-        values = np.stack([raw[i] for i in raw if speaker[i] == s])
+    for s, rows_of_s in by_speaker.items():
+        values = np.stack(rows_of_s)
         with np.errstate(all="ignore"):  # a cue never measured for a speaker stays NaN and is imputed
             std = np.nanstd(values, axis=0)
             stats[s] = (np.nanmean(values, axis=0), np.where(std > 0, std, np.nan))
@@ -126,11 +129,10 @@ def featuriser(name: str, encode: Callable[[list[np.ndarray]], list[np.ndarray]]
 
 def train_rows(dataset: Path, splits: Sequence[str], with_audio: bool) -> list[dict[str, Any]]:
     """The labelled rows of the training splits (the labelers' rejections applied), sorted by id."""
-    columns = ["id", "split", "sentiment", "emotion", *(["audio"] if with_audio else [])]
-    rows = read_rows(dataset, splits, columns).to_pylist()
-    rows = [r for r in rows if r["split"] in splits and (r["sentiment"] or r["emotion"])]
-    for r in rows:
-        if with_audio:
+    columns = ["id", "sentiment", "emotion", *(["audio"] if with_audio else [])]
+    rows = [r for r in read_rows(dataset, splits, columns).to_pylist() if r["sentiment"] or r["emotion"]]
+    if with_audio:
+        for r in rows:
             r["audio"] = r["audio"]["bytes"]
     return sorted(rows, key=lambda r: r["id"])
 

@@ -88,9 +88,9 @@ def paired_changes(
     a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
     everything = np.arange(len(truth))[None, :]
     idx = resamples(len(truth), seed, count)
-    out = {}
-    for k, metric in enumerate(("wa", "ua")):
-        point = _wa_ua(codes, b, everything, classes)[k][0] - _wa_ua(codes, a, everything, classes)[k][0]
-        deltas = _wa_ua(codes, b, idx, classes)[k] - _wa_ua(codes, a, idx, classes)[k]
-        out[metric] = Change(metric, float(point), *_quantiles(deltas, level))
-    return out
+    (wa_a, ua_a), (wa_b, ua_b) = _wa_ua(codes, a, everything, classes), _wa_ua(codes, b, everything, classes)
+    (ra_wa, ra_ua), (rb_wa, rb_ua) = _wa_ua(codes, a, idx, classes), _wa_ua(codes, b, idx, classes)
+    return {
+        "wa": Change("wa", float(wa_b[0] - wa_a[0]), *_quantiles(rb_wa - ra_wa, level)),
+        "ua": Change("ua", float(ua_b[0] - ua_a[0]), *_quantiles(rb_ua - ra_ua, level)),
+    }
