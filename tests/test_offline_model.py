@@ -15,13 +15,16 @@ from pallm.train.config import LoraSettings, ModelConfig, SFTSettings
 from pallm.train.data import examples
 
 pytest.importorskip("trl", reason="training needs the train extra: pip install -e '.[train]'")
+SUMMARY = 2
 
 
 @pytest.fixture(scope="module")
 def offline(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelConfig, Path]:
-    """The backbone assembled once (about a minute: the GGUF is converted) and saved: its config and folder."""
+    """The backbone assembled once (about a minute: the GGUF is converted) and saved: its config and folder. Two
+    summary tokens per clip, as in configs/train-offline.yaml."""
     root = tmp_path_factory.mktemp("offline")
-    cfg = ModelConfig(family="offline", encoder="base", dtype="float32", encoder_cache=str(root / "frames"))
+    cfg = ModelConfig(family="offline", encoder="base", dtype="float32", encoder_cache=str(root / "frames"),
+                      summary_tokens=SUMMARY)  # fmt: skip
     build(cfg).save(root / "model")
     return cfg, root / "model"
 
@@ -34,7 +37,7 @@ def test_audio_tokens_carry_the_encoder_frames(offline: tuple[ModelConfig, Path]
     audio_id = speech.model.config.audio_token_index
     for k in range(2):
         frames = int(batch["feature_attention_mask"][k].sum())
-        assert frames % 4 == 0 and int((batch["input_ids"][k] == audio_id).sum()) == frames // 4
+        assert int((batch["input_ids"][k] == audio_id).sum()) == math.ceil(frames / 4) + SUMMARY
     assert batch["input_features"].shape[-1] == 512, "Whisper base's frames"
     with torch.no_grad():
         heard = speech.model(**batch).loss
@@ -94,5 +97,85 @@ def test_pooling_sets_the_audio_tokens_per_second(offline: tuple[ModelConfig, Pa
     for pool, tokens in counts.items():
         for n, s in zip(tokens, seconds, strict=True):
             frames = math.ceil(s / 0.02)
-            assert n == math.ceil(math.ceil(frames / pool) / 4), (pool, n, s)
+            assert n == math.ceil(math.ceil(frames / pool) / 4) + SUMMARY, (pool, n, s)
     assert counts[2][0] < counts[1][0] and counts[5][0] < counts[2][0]
+
+
+def test_summary_tokens_follow_each_clips_frame_tokens(offline: tuple[ModelConfig, Path], trainable: Path) -> None:
+    cfg, folder = offline
+    speech = build(cfg, checkpoint=folder)
+    rows = sorted(examples(trainable, splits=["train"]), key=lambda r: len(r["audio"]))
+    rows = [rows[0], rows[-1]]  # a short clip padded in the batch beside a long one
+    batch = AudioCollator(speech.processor)(rows)
+    audio_id = speech.model.config.audio_token_index
+    with torch.no_grad():
+        embeds = speech.model.embed(batch["input_ids"], batch["input_features"], batch["feature_attention_mask"])
+        for k, row in enumerate(rows):
+            alone = AudioCollator(speech.processor)([row])
+            projected = speech.model.projector(alone["input_features"], alone["feature_attention_mask"])[0]
+            placed = embeds[k][batch["input_ids"][k] == audio_id]
+            assert placed.shape == projected.shape
+            # The padding of the short clip changes neither its frame tokens nor its summary of them.
+            torch.testing.assert_close(placed, projected, atol=1e-5, rtol=1e-4)
+    short, long = (speech.model.projector(AudioCollator(speech.processor)([r])["input_features"])[0, -SUMMARY:]
+                   for r in rows)  # fmt: skip
+    assert not torch.allclose(short, long), "two clips got the same summary"
+
+
+def test_alignment_trains_only_the_projector_resumes_after_a_kill_and_lowers_its_loss(
+    offline: tuple[ModelConfig, Path], trainable: Path, tmp_path: Path
+) -> None:
+    import json
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    from pallm.train import steps
+    from pallm.train.checkpoints import mark_finished
+    from pallm.train.config import AlignSettings, TrainConfig
+
+    model_cfg, folder = offline
+    # LoRA is configured for SFT; the alignment (lora off) must leave the decoder as it is.
+    lora_cfg = model_cfg.model_copy(update={"lora": LoraSettings(r=4, alpha=8)})
+    cfg = TrainConfig(model=lora_cfg, align=AlignSettings(max_steps=10, batch_size=4, save_steps=2, learning_rate=5e-3))
+    out = tmp_path / "run"
+    steps.start_run(trainable, out, cfg)
+    shutil.copytree(folder, out / "base" / "model")  # the initial model this config builds, assembled once
+    mark_finished(out / "base", {"seed": cfg.seed})
+
+    proc = subprocess.Popen([sys.executable, "-m", "pallm.train.launch", "align", str(trainable), str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "align" / "checkpoint-2" / "trainer_state.json").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, "the alignment wrote no checkpoint"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert not (out / "align" / "done.json").exists(), "killed before the alignment finished"
+
+    record = steps.run_align(trainable, out, cfg)
+    assert record["resumed_from"] in ("checkpoint-2", "checkpoint-4"), "the rerun started the alignment over"
+    losses = [(e["step"], e["loss"]) for e in record["history"] if "loss" in e]
+    assert [step for step, _ in losses] == list(range(1, 11)), "a step was lost or repeated"
+    first, last = (sum(loss for _, loss in part) / len(part) for part in (losses[:2], losses[-3:]))
+    assert last < 0.85 * first, f"the alignment loss did not fall: {losses}"
+
+    before, after = load_file(out / "base" / "model" / "model.safetensors"), load_file(out / "align" / "model" /
+                                                                                     "model.safetensors")  # fmt: skip
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all(n.startswith("projector.") for n in changed), sorted(changed)[:5]
+    assert any(n.startswith("projector.summary.") for n in changed), "the summary head did not train"
+    assert not torch.equal(after["projector.stats_scale"], torch.ones_like(after["projector.stats_scale"])), (
+        "the summary's scaler was not fitted to the training clips"
+    )
+    weights = [v for n, v in before.items() if n.startswith("projector.") and ".stats_" not in n]  # not buffers
+    assert record["trained_parameters"] == sum(v.numel() for v in weights)
+    assert steps.run_align(trainable, out, cfg) == json.loads((out / "align" / "done.json").read_text())
+    assert steps.sft_start(out, cfg) == out / "align" / "model"

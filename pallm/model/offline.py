@@ -44,14 +44,15 @@ class OfflineSpeechConfig(PretrainedConfig):
 
     def __init__(
         self, text_config: PretrainedConfig | dict | None = None, encoder: str = "base", encoder_dim: int = 512,
-        stack: int = 4, audio_token_index: int = 0, pool: int = 1, projector_norm: bool = False, **kwargs: Any,
+        stack: int = 4, audio_token_index: int = 0, pool: int = 1, projector_norm: bool = False,
+        summary_tokens: int = 0, **kwargs: Any,
     ) -> None:  # fmt: skip
-        # pool and projector_norm default to what models saved before they existed were: no pooling, no norm.
+        # pool, projector_norm and summary_tokens default to what models saved before them were: none of them.
         if isinstance(text_config, dict):
             text_config = CONFIG_MAPPING[text_config.get("model_type", "llama")](**text_config)
         self.text_config = text_config if text_config is not None else CONFIG_MAPPING["llama"]()
         self.encoder, self.encoder_dim, self.stack = encoder, encoder_dim, stack
-        self.pool, self.projector_norm = pool, projector_norm
+        self.pool, self.projector_norm, self.summary_tokens = pool, projector_norm, summary_tokens
         self.audio_token_index = audio_token_index
         super().__init__(**kwargs)
 
@@ -59,17 +60,48 @@ class OfflineSpeechConfig(PretrainedConfig):
 class Projector(nn.Module):
     """`stack` consecutive (pooled) encoder frames -> one decoder embedding (two layers); with `norm`, each frame
     is layer-normalised first, so the projector sees inputs of one scale whatever the encoder's (Ultravox puts an
-    RMSNorm there)."""
+    RMSNorm there).
 
-    def __init__(self, encoder_dim: int, stack: int, hidden: int, norm: bool = False) -> None:
+    With `summary` > 0, the clip's mean and standard deviation over time of the frames (what a linear probe of
+    the encoder reads emotion from) also become `summary` embeddings, placed after the clip's frame tokens: the
+    decoder gets the utterance-level voice in a few tokens, where the frame tokens each see 80-160 ms of it.
+    """
+
+    def __init__(self, encoder_dim: int, stack: int, hidden: int, norm: bool = False, summary: int = 0) -> None:
         super().__init__()
-        self.stack = stack
+        self.stack, self.summary_tokens = stack, summary
         self.norm = nn.LayerNorm(encoder_dim) if norm else nn.Identity()
         self.net = nn.Sequential(nn.Linear(encoder_dim * stack, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        if summary:
+            # The statistics are standardised per feature with the training clips' mean and spread (a linear
+            # probe's scaler, `fit_summary_scaler`): Whisper's frames have a few dimensions of far larger scale
+            # than the rest, which would otherwise drown them.
+            self.register_buffer("stats_shift", torch.zeros(2 * encoder_dim))
+            self.register_buffer("stats_scale", torch.ones(2 * encoder_dim))
+            self.summary = nn.Sequential(
+                nn.Linear(2 * encoder_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden * summary)
+            )
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(b, t, d) frames and their (b, t) mask -> (b, t / stack + summary, hidden): the frame tokens, then the
+        summary tokens."""
         b, t, d = frames.shape
-        return self.net(self.norm(frames).reshape(b, t // self.stack, d * self.stack))
+        tokens = self.net(self.norm(frames).reshape(b, t // self.stack, d * self.stack))
+        if not self.summary_tokens:
+            return tokens
+        stats = (clip_statistics(frames, mask) - self.stats_shift) / self.stats_scale
+        summary = self.summary(stats).reshape(b, self.summary_tokens, -1)
+        return torch.cat([tokens, summary], dim=1)
+
+
+def clip_statistics(frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(b, t, d) frames and their (b, t) mask -> (b, 2d): each clip's mean and standard deviation over time."""
+    b, t, _ = frames.shape
+    weights = (mask if mask is not None else frames.new_ones(b, t)).to(frames.dtype)[..., None]
+    count = weights.sum(dim=1).clamp(min=1)
+    mean = (frames * weights).sum(dim=1) / count
+    std = (((frames - mean[:, None]) ** 2 * weights).sum(dim=1) / count).sqrt()
+    return torch.cat([mean, std], dim=-1)
 
 
 class OfflineSpeechLM(PreTrainedModel, GenerationMixin):
@@ -84,7 +116,7 @@ class OfflineSpeechLM(PreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.projector = Projector(config.encoder_dim, config.stack, config.text_config.hidden_size,
-                                   config.projector_norm)  # fmt: skip
+                                   config.projector_norm, config.summary_tokens)  # fmt: skip
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -103,9 +135,11 @@ class OfflineSpeechLM(PreTrainedModel, GenerationMixin):
         embeds = self.get_input_embeddings()(input_ids)
         if input_features is None:
             return embeds
-        audio = self.projector(input_features.to(embeds.dtype))
+        audio = self.projector(input_features.to(embeds.dtype), feature_attention_mask)
         b = input_features.size(0)
         valid = feature_attention_mask.reshape(b, -1, self.config.stack).any(dim=-1)
+        # Each clip's tokens in text order: its frame tokens (a prefix of the padded ones), then its summary.
+        valid = torch.cat([valid, valid.new_ones(b, self.config.summary_tokens)], dim=1)
         slots = input_ids == self.config.audio_token_index
         if int(slots.sum()) != int(valid.sum()):
             raise ValueError(f"{int(slots.sum())} audio tokens in the text but {int(valid.sum())} audio embeddings")
@@ -145,9 +179,9 @@ class OfflineSpeechProcessor(ProcessorMixin):
     tokenizer_class = "AutoTokenizer"
 
     def __init__(self, tokenizer: Any, chat_template: str | None = None, encoder: WhisperEncoder | None = None,
-                 stack: int = 4, pool: int = 1) -> None:  # fmt: skip
+                 stack: int = 4, pool: int = 1, summary_tokens: int = 0) -> None:  # fmt: skip
         super().__init__(tokenizer, chat_template=chat_template)
-        self.encoder, self.stack, self.pool = encoder, stack, pool
+        self.encoder, self.stack, self.pool, self.summary_tokens = encoder, stack, pool, summary_tokens
 
     def __call__(
         self, text: list[str], audio: list[np.ndarray], sampling_rate: int = SAMPLE_RATE, padding: bool = True,
@@ -161,14 +195,15 @@ class OfflineSpeechProcessor(ProcessorMixin):
             raise ValueError("each text needs exactly one <|AUDIO|> and one clip")
         frames = [pool_frames(f, self.pool) for f in self.encoder(audio)]
         tokens = [math.ceil(len(f) / self.stack) for f in frames]
-        expanded = [t.replace("<|AUDIO|>", "<|AUDIO|>" * n) for t, n in zip(text, tokens, strict=True)]
+        slots = [n + self.summary_tokens for n in tokens]
+        expanded = [t.replace("<|AUDIO|>", "<|AUDIO|>" * n) for t, n in zip(text, slots, strict=True)]
         enc = self.tokenizer(expanded, padding=padding, return_tensors=return_tensors, **kwargs)
         width = max(tokens) * self.stack
         features = np.zeros((len(frames), width, frames[0].shape[1]), np.float32)
         mask = np.zeros((len(frames), width), np.int64)
-        for k, (f, n) in enumerate(zip(frames, tokens, strict=True)):
+        for k, f in enumerate(frames):
             features[k, : len(f)] = f
-            mask[k, : n * self.stack] = 1  # a last, partly filled token still counts
+            mask[k, : len(f)] = 1  # a last, partly filled token still counts: any of its frames marks it
         enc["input_features"] = torch.from_numpy(features)
         enc["feature_attention_mask"] = torch.from_numpy(mask)
         return enc
@@ -176,6 +211,23 @@ class OfflineSpeechProcessor(ProcessorMixin):
     def save_pretrained(self, save_directory: str | Path, **_: Any) -> list[str]:
         """The tokenizer and the chat template; the encoder is named by the model's config."""
         return self.tokenizer.save_pretrained(save_directory)
+
+
+def fit_summary_scaler(speech: SpeechLM, audio: list[np.ndarray], batch: int = 64) -> bool:
+    """Set the summary head's standardisation to the mean and spread over `audio` (the training clips) of each
+    clip's statistics; False when the model has no summary tokens."""
+    projectors = [m for m in speech.model.modules() if isinstance(m, Projector)]  # peft keeps a copy
+    if not projectors or not projectors[0].summary_tokens:
+        return False
+    proc = speech.processor
+    stats = torch.cat([
+        clip_statistics(torch.from_numpy(pool_frames(f, proc.pool))[None])
+        for start in range(0, len(audio), batch) for f in proc.encoder(audio[start : start + batch])
+    ])  # fmt: skip
+    for p in projectors:
+        p.stats_shift.copy_(stats.mean(dim=0))
+        p.stats_scale.copy_(stats.std(dim=0).clamp(min=1e-4))
+    return True
 
 
 def pool_frames(frames: np.ndarray, pool: int) -> np.ndarray:
@@ -224,7 +276,8 @@ def build(cfg: ModelConfig, checkpoint: Path | None = None, seed: int = 0) -> Sp
         width = encoder([np.zeros(SAMPLE_RATE, np.float32)])[0].shape[1]
         config = OfflineSpeechConfig(
             text_config=decoder.config, encoder=cfg.encoder, encoder_dim=width, stack=cfg.stack, pool=cfg.pool,
-            projector_norm=cfg.projector_norm, audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
+            projector_norm=cfg.projector_norm, summary_tokens=cfg.summary_tokens,
+            audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
         )  # fmt: skip
         torch.manual_seed(seed)
         model = OfflineSpeechLM(config)
@@ -233,7 +286,7 @@ def build(cfg: ModelConfig, checkpoint: Path | None = None, seed: int = 0) -> Sp
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     processor = OfflineSpeechProcessor(tokenizer, CHAT_TEMPLATE, encoder=encoder, stack=model.config.stack,
-                                       pool=model.config.pool)  # fmt: skip
+                                       pool=model.config.pool, summary_tokens=model.config.summary_tokens)  # fmt: skip
     if cfg.lora is not None:
         model = with_lora(model, cfg.lora, projector="projector")
     return SpeechLM(model=model, processor=processor, family="offline")

