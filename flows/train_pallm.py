@@ -1,4 +1,4 @@
-"""The `train-pallm` flow: evaluate the baselines, SFT, evaluate, RL, evaluate, report; and the
+"""The `train-pallm` flow: evaluate the baselines, align (when configured), SFT, evaluate, RL, evaluate, report; and the
 `evaluate-pallm` flow, which evaluates every system of a finished run on another dataset with the same task.
 
 The work is in `pallm.train.steps`; this module only sequences the steps, reports progress and publishes the
@@ -30,6 +30,12 @@ def evaluate(dataset: Path, out: Path, cfg: TrainConfig, system: str, dest: Path
     return steps.run_eval(dataset, out, cfg, system, dest)
 
 
+@task(name="align", cache_policy=NO_CACHE)
+def align(dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+    """The alignment stage: the projector learns to say what is heard, the decoder frozen (when configured)."""
+    return steps.run_align(dataset, out, cfg)
+
+
 @task(name="sft", cache_policy=NO_CACHE)
 def sft(dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
     """Stage 1: supervised fine-tuning."""
@@ -53,9 +59,14 @@ def train_pallm(dataset: str, out: str, config: str | None = None) -> dict[str, 
     steps.start_run(data, run, cfg)
     log.info("training %s on %s into %s", cfg.name, data, run)
     progress = create_progress_artifact(0.0, description=f"{cfg.name}: share of the run done (steps weighted by time)")
-    for system in (*steps.REFERENCES, "before-sft"):
-        evaluate(data, run, cfg, system)
+    for system in steps.run_systems(cfg):
+        if system in (*steps.REFERENCES, "before-sft"):
+            evaluate(data, run, cfg, system)
     update_progress_artifact(progress, 15)
+    if aligned := align(data, run, cfg):
+        loss = [e["loss"] for e in aligned["history"] if "loss" in e]
+        log.info("alignment loss %.3f -> %.3f over %d steps", loss[0], loss[-1], len(loss)) if loss else None
+    update_progress_artifact(progress, 30)
     loss = [e["loss"] for e in sft(data, run, cfg)["history"] if "loss" in e]
     log.info("SFT loss %.3f -> %.3f over %d steps", loss[0], loss[-1], len(loss)) if loss else None
     update_progress_artifact(progress, 50)
@@ -100,7 +111,7 @@ def evaluate_pallm(
     log = get_run_logger()
     run_dir, data, dest = Path(run), Path(dataset), Path(out)
     cfg = steps.evaluation_config(run_dir, data, splits, limit)
-    systems = steps.finished_systems(run_dir)
+    systems = steps.finished_systems(run_dir, cfg)
     log.info("evaluating %s of %s on %s (splits %s) into %s", ", ".join(systems), run_dir, data, cfg.eval.splits, dest)
     for system in systems:
         evaluate(data, run_dir, cfg, system, dest)

@@ -37,6 +37,7 @@ def understand_prompt(emotions: Sequence[str]) -> str:
     )
 
 
+ALIGN_PROMPT = "Say how the speaker sounds."
 REPLY_PROMPT = "Reply to the speaker in one or two sentences, in a tone that fits how they sound."
 LABELS_FILE = "labels.json"  # beside a saved model: the emotions its understanding prompt offers
 
@@ -106,3 +107,27 @@ def examples(
                 "transcript": r["transcript"] or "", "review": r.get("review", "none"),
             })  # fmt: skip
     return out
+
+
+def heard_target(cue_words: Sequence[str], sentiment: str, emotion: str | None, cues: bool = True) -> str:
+    """An alignment target: what the clip sounds like in the answer format's lines, without the reasoning (the
+    measured cue words with `cues`, then the labels)."""
+    lines = [f"Cues: {'; '.join(cue_words) or 'none'}"] if cues else []
+    lines.append(f"Sentiment: {sentiment}")
+    if emotion:
+        lines.append(f"Emotion: {emotion}")
+    return "\n".join(lines)
+
+
+def align_examples(dataset_dir: Path, splits: Sequence[str], cues: bool = True) -> list[dict[str, Any]]:
+    """The alignment stage's examples: one per labelled row of `splits` (the training splits; never the
+    evaluation's), the audio with a short instruction and `heard_target` as the completion."""
+    rows = read_rows(dataset_dir, splits, columns=("id", "corpus", "split", "sentiment", "emotion", "cue_words",
+                                                   "audio")).to_pylist()  # fmt: skip
+    return [
+        {"id": r["id"], "corpus": r["corpus"], "split": r["split"], "prompt": chat_prompt(ALIGN_PROMPT),
+         "completion": [{"role": "assistant", "content": [
+             {"type": "text", "text": heard_target(r["cue_words"] or [], r["sentiment"], r["emotion"], cues)}]}],
+         "audio": r["audio"]["bytes"]}
+        for r in sorted(rows, key=lambda r: r["id"]) if r["sentiment"]
+    ]  # fmt: skip

@@ -1,4 +1,4 @@
-"""One process of a data-parallel training stage: `accelerate launch -m pallm.train.launch {sft|rl} DATASET OUT`.
+"""One process of a data-parallel training stage: `accelerate launch -m pallm.train.launch {align|sft|rl} DATASET OUT`.
 
 `pallm.train.steps.launch` starts it when a run has `processes` above 1; every process reads the configuration
 the run folder recorded, so they cannot disagree.
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the named stage in this process (one of the launched ranks)."""
     stage, dataset, out = argv or sys.argv[1:]
     cfg = TrainConfig.model_validate(json.loads((Path(out) / steps.CONFIG_FILE).read_text(encoding="utf-8"))["config"])
-    {"sft": steps.run_sft, "rl": steps.run_rl}[stage](Path(dataset), Path(out), cfg)
+    {"align": steps.run_align, "sft": steps.run_sft, "rl": steps.run_rl}[stage](Path(dataset), Path(out), cfg)
 
 
 if __name__ == "__main__":

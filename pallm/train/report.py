@@ -235,12 +235,37 @@ def plot(series: dict[str, list[tuple[int, float]]], title: str, path: Path) -> 
     return True
 
 
+def _steps(n: int) -> str:
+    return f"{n} step" + ("" if n == 1 else "s")
+
+
+def stage_lines(align: dict[str, Any], sft: dict[str, Any], rl: dict[str, Any]) -> list[str]:
+    """One line per finished stage: its steps and first and last loss, and for RL the mean reward and the share
+    of groups whose rewards all tie (they have no advantage, so they teach nothing)."""
+    lines = []
+    for name, record in (("Alignment", align), ("SFT", sft)):
+        loss = [e["loss"] for e in record.get("history", []) if "loss" in e]
+        if loss:
+            lines.append(f"- {name}: {_steps(len(loss))}, loss {loss[0]:.3f} → {loss[-1]:.3f} (mean of the last "
+                         f"{min(5, len(loss))}: {sum(loss[-5:]) / len(loss[-5:]):.3f}).")  # fmt: skip
+    logs = [e for e in rl.get("history", []) if "reward" in e]
+    if logs:
+        ties = [e["frac_reward_zero_std"] for e in logs if "frac_reward_zero_std" in e]
+        tie = f"; groups whose rewards all tie: {sum(ties) / len(ties):.0%} of them" if ties else ""
+        lines.append(f"- RL: {_steps(len(logs))}, mean reward {logs[0]['reward']:.3f} → {logs[-1]['reward']:.3f} "
+                     f"(all steps {sum(e['reward'] for e in logs) / len(logs):.3f}){tie}.")  # fmt: skip
+    return lines
+
+
 def describe(model: dict[str, Any]) -> str:
     """The starting model in words."""
     if model["family"] == "offline":
         decoder = Path(model["source"]).name if model["source"] else "SmolLM2-135M-Instruct"
-        return f"Whisper {model['encoder']} encoder (frozen) + projector + {decoder}" + (
-            " with LoRA" if model["lora"] else ""
+        rate = 50 / (model.get("pool", 1) * model["stack"])
+        summary = f" + {model['summary_tokens']} summary tokens a clip" if model.get("summary_tokens") else ""
+        return (
+            f"Whisper {model['encoder']} encoder (frozen) + projector ({rate:g} audio tokens a second{summary}) + "
+            + (f"{decoder}" + (" with LoRA" if model["lora"] else ""))
         )
     if model["source"]:
         return model["source"] + (" with LoRA" if model["lora"] else "")
@@ -301,8 +326,10 @@ def write_evaluation_report(dest: Path, run: Path, dataset: Path) -> Path:
 def write_report(out: Path) -> Path:
     """Write OUT/report.md (with plots) and the model card OUT/rl/model/README.md; returns the report's path."""
     run = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))
-    sft, rl = finished(out / "sft") or {}, finished(out / "rl") or {}
+    align, sft, rl = (finished(out / stage) or {} for stage in ("align", "sft", "rl"))
     figures = []
+    if plot(curves(align.get("history", []), "loss"), "Alignment: training loss", out / "align_loss.png"):
+        figures.append("![Alignment loss](align_loss.png)")
     if plot(curves(sft.get("history", []), "loss"), "SFT: training loss", out / "sft_loss.png"):
         figures.append("![SFT loss](sft_loss.png)")
     if plot(curves(rl.get("history", []), "rewards/"), "RL: mean reward per function", out / "rl_rewards.png"):
@@ -316,7 +343,7 @@ def write_report(out: Path) -> Path:
         f"# Training report: {run['config']['name']}", "",
         f"Dataset {data}; model {model['family']} ({describe(model)}); config fingerprint `{run['fingerprint']}`.",
         *evaluation_lines(out / "eval", run["config"]["seed"]),
-        "## Training", "", *figures, "",
+        "## Training", "", *stage_lines(align, sft, rl), "", *figures, "",
     ]  # fmt: skip
     path = out / REPORT
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -2,6 +2,7 @@
 
     OUT/config.json            the configuration (a rerun with another one is refused)
     OUT/base/model/            the initial model, when it is built with random weights (pretrained: its source)
+    OUT/align/model/           the model after the alignment stage, when configured  + checkpoint-N/ while training
     OUT/sft/model/             the model after SFT (full weights, processor)     + checkpoint-N/ while training
     OUT/rl/model/              the model after SFT + RL                          + checkpoint-N/ while training
     OUT/eval/<system>.json     metrics of words-only, acoustic, encoder-probe, before-sft, after-sft, after-rl;
@@ -121,12 +122,14 @@ def launch(stage: str, dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, 
     return record
 
 
-def _finish(speech: Any, stage: Path, resumed: str | None, history: list[dict], dataset: Path) -> dict[str, Any]:
+def _finish(
+    speech: Any, stage: Path, resumed: str | None, history: list[dict], dataset: Path, **extra: Any
+) -> dict[str, Any]:
     """Save the stage's model, with the labels its prompt offers (`pallm listen` asks the same), and mark it
     finished (the first process only, the others wait for it)."""
     from pallm.train.data import LABELS_FILE, emotion_labels
 
-    record = {"resumed_from": Path(resumed).name if resumed else None, "history": history}
+    record = {"resumed_from": Path(resumed).name if resumed else None, "history": history, **extra}
     if _rank() == 0:
         speech.save(stage / "model")
         write_json_atomic(stage / "model" / LABELS_FILE, {"emotions": emotion_labels(dataset)})
@@ -139,15 +142,68 @@ def _finish(speech: Any, stage: Path, resumed: str | None, history: list[dict], 
     return record
 
 
+def freeze_for_alignment(model: Any, lora: bool) -> int:
+    """Leave trainable only the projector (and the LoRA adapters, with `lora`); the number of parameters that
+    train."""
+    trains = 0
+    for name, p in model.named_parameters():
+        # peft keeps an unused copy of a module it trains in full (`original_module`): that copy stays frozen.
+        projector = ".projector." in f".{name}" and "original_module" not in name
+        p.requires_grad = projector or (lora and "lora_" in name)
+        trains += p.numel() if p.requires_grad else 0
+    if not trains:
+        raise ValueError("the model has no projector to align (the alignment stage is for the offline backbone)")
+    return trains
+
+
+def run_align(dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+    """The alignment stage (skipped when done, None when not configured): from the initial model, the decoder
+    frozen, on `data.align_examples` of the training splits; the result in OUT/align/model."""
+    from pallm.model import build
+    from pallm.train.data import align_examples
+    from pallm.train.sft import train_sft
+
+    if cfg.align is None:
+        return None
+    stage = out / "align"
+    if done := finished(stage):
+        return done
+    base = initial_model(out, cfg)
+    if cfg.processes > 1 and not _launched():
+        return launch("align", dataset, out, cfg)
+    model_cfg = cfg.model if cfg.align.lora else cfg.model.model_copy(update={"lora": None})
+    speech = build(model_cfg, checkpoint=base, seed=cfg.seed)
+    trains = freeze_for_alignment(speech.model, cfg.align.lora)
+    rows = align_examples(dataset, cfg.train_splits, cues=cfg.align.target == "cues+labels")
+    if not rows:
+        raise ValueError(f"no labelled rows to align on in splits {cfg.train_splits} of {dataset}")
+    if speech.family == "offline":
+        from pallm.model.offline import fit_summary_scaler
+        from pallm.train.collate import waveform
+
+        fit_summary_scaler(speech, [waveform(r["audio"]) for r in rows])
+    resumed = last_checkpoint(stage)
+    history = train_sft(speech, rows, cfg.align, stage, cfg.seed, cfg.model.gradient_checkpointing)
+    return _finish(speech, stage, resumed, history, dataset, trained_parameters=trains, examples=len(rows))
+
+
+def sft_start(out: Path, cfg: TrainConfig) -> Path | None:
+    """Where SFT starts: the aligned model when the run has an alignment stage, else the initial model."""
+    return stage_model(out, "align") if cfg.align is not None else initial_model(out, cfg)
+
+
 def run_sft(dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
-    """Stage 1 (skipped when done): SFT from the initial model; the result in OUT/sft/model."""
+    """Stage 1 (skipped when done): SFT from the aligned model, else the initial one; the result in
+    OUT/sft/model."""
     from pallm.model import build
     from pallm.train.sft import train_sft
 
     stage = out / "sft"
     if done := finished(stage):
         return done
-    base = initial_model(out, cfg)
+    if cfg.align is not None and not finished(out / "align"):
+        raise RuntimeError("SFT starts from the aligned model: run the alignment stage first")
+    base = sft_start(out, cfg)
     if cfg.processes > 1 and not _launched():
         return launch("sft", dataset, out, cfg)
     speech = build(cfg.model, checkpoint=base, seed=cfg.seed)
@@ -227,10 +283,17 @@ def model_checkpoint(run: Path, cfg: TrainConfig, system: str) -> Path | None:
     return stage_model(run, {"after-sft": "sft", "after-rl": "rl"}[system])
 
 
-def finished_systems(run: Path) -> tuple[str, ...]:
-    """The systems a run can be evaluated as: the baselines, and each model whose stage finished."""
+def run_systems(cfg: TrainConfig) -> tuple[str, ...]:
+    """The systems a run of `cfg` scores: the references, the untrained model unless `eval.before_sft` is off, and
+    each trained model."""
+    return tuple(s for s in SYSTEMS if s != "before-sft" or cfg.eval.before_sft)
+
+
+def finished_systems(run: Path, cfg: TrainConfig) -> tuple[str, ...]:
+    """The systems a run of `cfg` can be evaluated as: its references, and each of its models whose stage
+    finished."""
     done = {"after-sft": finished(run / "sft"), "after-rl": finished(run / "rl")}
-    return tuple(s for s in SYSTEMS if done.get(s, True))
+    return tuple(s for s in run_systems(cfg) if done.get(s, True))
 
 
 def _baseline_answers(
