@@ -98,7 +98,8 @@ def grpo_args(
     """TRL's GRPOConfig from our settings; columns stay (rewards read them), no external logging."""
     return GRPOConfig(
         output_dir=str(out), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
-        num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
+        gradient_accumulation_steps=cfg.grad_accum, num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature, beta=cfg.beta, learning_rate=cfg.learning_rate, reward_weights=weights,
         logging_steps=1, save_steps=cfg.save_steps, save_total_limit=2, remove_unused_columns=False,
         report_to=[], seed=seed, bf16=bf16, dataloader_num_workers=0, disable_tqdm=True,
