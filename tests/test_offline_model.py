@@ -21,7 +21,7 @@ SUMMARY = 2
 @pytest.fixture(scope="module")
 def offline(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelConfig, Path]:
     """The backbone assembled once (about a minute: the GGUF is converted) and saved: its config and folder. Two
-    summary tokens per clip, as in configs/train-offline.yaml."""
+    summary tokens per clip (configs/train-offline.yaml has four)."""
     root = tmp_path_factory.mktemp("offline")
     cfg = ModelConfig(family="offline", encoder="base", dtype="float32", encoder_cache=str(root / "frames"),
                       summary_tokens=SUMMARY)  # fmt: skip

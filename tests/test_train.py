@@ -221,3 +221,17 @@ def test_train_refuses_a_folder_that_is_not_a_dataset(tmp_path: Path) -> None:
     env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}  # no server: must fail before Prefect
     proc = run_cli(["train", "--dataset", str(tmp_path), "--out", str(tmp_path / "run")], env)
     assert proc.returncode == 2 and "not a built dataset" in proc.stderr
+
+
+def test_the_alignment_freezes_all_but_the_projector_and_with_lora_the_adapters(tiny_model: Path) -> None:
+    from pallm.train.config import LoraSettings
+
+    speech = build(TINY.model_copy(update={"lora": LoraSettings(r=2, alpha=4)}), checkpoint=tiny_model)
+    trains = steps.freeze_for_alignment(speech.model, lora=False)
+    names = [n for n, p in speech.model.named_parameters() if p.requires_grad]
+    assert names and all("multi_modal_projector" in n and "original_module" not in n for n in names), names[:4]
+    assert trains == sum(p.numel() for p in speech.model.parameters() if p.requires_grad)
+    steps.freeze_for_alignment(speech.model, lora=True)
+    names = {n for n, p in speech.model.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in names) and not any("original_module" in n for n in names)
+    assert not any("audio_tower" in n and "lora_" not in n for n in names), "the audio encoder stays frozen"

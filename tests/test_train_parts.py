@@ -218,3 +218,40 @@ def test_swapped_audio_stays_within_corpus_and_split() -> None:
         assert r["audio"] == r["swapped_from"].encode() and r["emotion"] != (
             "angry" if int(r["swapped_from"][-1]) % 2 else "calm"
         ), "the partner has the other label"
+
+
+def test_alignment_examples_say_what_is_heard_from_the_training_splits_only(trainable: Path) -> None:
+    from pallm.train.data import align_examples, heard_target, read_rows
+
+    target = heard_target(["pitch: high", "rate: fast"], "positive", "happy")
+    assert target == "Cues: pitch: high; rate: fast\nSentiment: positive\nEmotion: happy"
+    parsed = parse_understanding("Reasoning: -\n" + target)
+    assert parsed is not None and (parsed.cues, parsed.sentiment, parsed.emotion) == (
+        ("pitch: high", "rate: fast"), "positive", "happy")  # fmt: skip
+    assert heard_target([], "neutral", None, cues=False) == "Sentiment: neutral"
+
+    rows = align_examples(trainable, ["train"], cues=False)
+    train = read_rows(trainable, ["train"], ("id", "split", "sentiment", "emotion")).to_pylist()
+    assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in train if r["sentiment"])
+    assert {r["split"] for r in rows} == {"train"}, "an evaluation clip would leak into training"
+    gold = {r["id"]: r for r in train}
+    for r in rows:
+        text = r["completion"][0]["content"][0]["text"]
+        assert text == heard_target([], gold[r["id"]]["sentiment"], gold[r["id"]]["emotion"], cues=False)
+        assert r["prompt"][1]["content"][0] == {"type": "audio"} and r["audio"][:4] == b"RIFF"
+
+
+def test_the_report_says_what_each_stage_did_and_how_many_rl_groups_tied() -> None:
+    from pallm.train.config import TrainConfig
+    from pallm.train.report import stage_lines
+    from pallm.train.steps import run_systems
+
+    align = {"history": [{"loss": 3.0, "step": 1}, {"loss": 1.0, "step": 2}, {"train_runtime": 5.0}]}
+    rl = {"history": [{"reward": 0.25, "frac_reward_zero_std": 0.5}, {"reward": 0.75, "frac_reward_zero_std": 0.0}]}
+    lines = stage_lines(align, {}, rl)
+    assert lines == [
+        "- Alignment: 2 steps, loss 3.000 → 1.000 (mean of the last 2: 2.000).",
+        "- RL: 2 steps, mean reward 0.250 → 0.750 (all steps 0.500); groups whose rewards all tie: 25% of them.",
+    ]
+    assert "before-sft" in run_systems(TrainConfig())
+    assert "before-sft" not in run_systems(TrainConfig.model_validate({"eval": {"before_sft": False}}))

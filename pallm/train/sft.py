@@ -41,19 +41,28 @@ def sft_args(cfg: SFTSettings, out: Path, seed: int, bf16: bool, checkpointing: 
     )  # fmt: skip
 
 
-def train_sft(
+def sft_trainer(
     speech: SpeechLM, train: list[dict[str, Any]], cfg: SFTSettings, out: Path, seed: int = 0,
     checkpointing: bool = False,
-) -> list[dict]:  # fmt: skip
-    """Fine-tune `speech.model` in place on `train`; checkpoints go to `out` and a rerun resumes from the last.
-    `checkpointing`: gradient checkpointing (less memory, more compute). Returns the log history (loss per step)."""
+) -> Any:  # fmt: skip
+    """The SFT trainer of `speech.model` on `train` (checkpoints to `out`); `checkpointing`: gradient
+    checkpointing (less memory, more compute)."""
     import torch
     from datasets import Dataset
 
     bf16 = next(speech.model.parameters()).dtype == torch.bfloat16
-    trainer = _trainer_class()(
+    return _trainer_class()(
         model=speech.model, args=sft_args(cfg, out, seed, bf16, checkpointing), train_dataset=Dataset.from_list(train),
         processing_class=speech.processor, data_collator=AudioCollator(speech.processor),
     )  # fmt: skip
+
+
+def train_sft(
+    speech: SpeechLM, train: list[dict[str, Any]], cfg: SFTSettings, out: Path, seed: int = 0,
+    checkpointing: bool = False,
+) -> list[dict]:  # fmt: skip
+    """Fine-tune `speech.model` in place on `train` (`sft_trainer`); a rerun resumes from the last checkpoint in
+    `out`. Returns the log history (loss per step)."""
+    trainer = sft_trainer(speech, train, cfg, out, seed, checkpointing)
     trainer.train(resume_from_checkpoint=last_checkpoint(out))
     return list(trainer.state.log_history)

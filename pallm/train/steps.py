@@ -147,12 +147,14 @@ def freeze_for_alignment(model: Any, lora: bool) -> int:
     train."""
     trains = 0
     for name, p in model.named_parameters():
-        # peft keeps an unused copy of a module it trains in full (`original_module`): that copy stays frozen.
-        projector = ".projector." in f".{name}" and "original_module" not in name
+        # The offline backbone's `projector`, Qwen2-Audio's `multi_modal_projector`; peft keeps an unused copy of
+        # a module it trains in full (`original_module`), which stays frozen.
+        parts = name.split(".")
+        projector = any(part.endswith("projector") for part in parts) and "original_module" not in parts
         p.requires_grad = projector or (lora and "lora_" in name)
         trains += p.numel() if p.requires_grad else 0
     if not trains:
-        raise ValueError("the model has no projector to align (the alignment stage is for the offline backbone)")
+        raise ValueError("the model has no projector to align")
     return trains
 
 
