@@ -1,0 +1,102 @@
+"""The alignment stage alone, and how well what it learnt is heard: the measurement behind the `align` and
+audio values of configs/train-offline.yaml.
+
+    .venv/bin/python bench/align_ravdess.py --work DIR [--config bench/configs/train-offline-experiment.yaml] \\
+        [--set align.learning_rate=1e-3 --set model.summary_tokens=0 ...]
+
+Runs train-pallm's alignment step (`steps.run_align`) on RAVDESS actors 1-16 into DIR/<label> (the build of
+bench/train_ravdess.py in DIR/dataset, built unless present), then answers the alignment prompt greedily for
+all 240 clips of actors 17-20 and prints sentiment and emotion UA with 95% intervals, the training time and
+peak RSS. `--set` overrides a config value (dotted path, YAML value); each set of overrides gets its own
+folder, so several can be compared and a rerun reuses what finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def with_overrides(cfg: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """The config with each `a.b=value` applied (value read as YAML)."""
+    for item in sets:
+        path, _, value = item.partition("=")
+        *parents, key = path.split(".")
+        node = cfg
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[key] = yaml.safe_load(value)
+    return cfg
+
+
+def heard_scores(speech: Any, rows: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+    """Sentiment and emotion scores of the model's greedy answers to the alignment prompt."""
+    from pallm.train import evaluate
+    from pallm.train.answer import SENTIMENTS, parse_understanding
+    from pallm.train.metrics import score_groups
+
+    texts = evaluate.generate(speech, rows, max_new_tokens=48, batch_size=48)
+    answers = []
+    for r, text in zip(rows, texts, strict=True):
+        parsed = parse_understanding("Reasoning: -\n" + text)  # the answer format without its reasoning line
+        answers.append({**r, "pred_sentiment": parsed and parsed.sentiment, "pred_emotion": parsed and parsed.emotion})
+    emotions = sorted({r["emotion"] for r in rows if r["emotion"]})
+    return {
+        "sentiment": next(
+            iter(score_groups(answers, "sentiment", "pred_sentiment", labels=SENTIMENTS, seed=seed).values())
+        ),
+        "emotion": next(iter(score_groups(answers, "emotion", "pred_emotion", labels=emotions, seed=seed).values())),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=ROOT / "bench/.cache/ravdess-train")
+    ap.add_argument("--config", type=Path, default=ROOT / "bench/configs/train-offline-experiment.yaml")
+    ap.add_argument("--build-config", type=Path, default=ROOT / "bench/configs/ravdess-speaker-independent.yaml")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="a.b=value (YAML), repeatable")
+    args = ap.parse_args()
+
+    from pallm.model import build
+    from pallm.train import steps
+    from pallm.train.config import TrainConfig
+    from pallm.train.data import align_examples, read_rows
+
+    dataset = args.work / "dataset"
+    if not (dataset / "manifest.json").is_file():
+        build = [sys.executable, "-m", "pallm.cli", "build-dataset", "--config", str(args.build_config),
+                 "--out", str(dataset), "--cards-index", str(args.work / "cards")]  # fmt: skip
+        subprocess.run(build, check=True, cwd=ROOT)
+    cfg = TrainConfig.model_validate(with_overrides(yaml.safe_load(args.config.read_text(encoding="utf-8")), args.sets))
+    if cfg.align is None:
+        sys.exit(f"{args.config} has no align block")
+    label = "align-" + ("-".join(s.replace("=", "_") for s in args.sets) or "default")
+    out = args.work / label
+    steps.start_run(dataset, out, cfg)
+    began = time.perf_counter()
+    record = steps.run_align(dataset, out, cfg)
+    trained = time.perf_counter() - began
+    speech = build(cfg.model.model_copy(update={"lora": None}), checkpoint=out / "align" / "model", seed=cfg.seed)
+    labels = {r["id"]: r for r in read_rows(dataset, cfg.eval.splits, ("id", "sentiment", "emotion")).to_pylist()}
+    rows = [{**e, **labels[e["id"]]} for e in align_examples(dataset, cfg.eval.splits, cues=False)]
+    scores = heard_scores(speech, rows, cfg.seed)
+    loss = [e["loss"] for e in record["history"] if "loss" in e]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    print("| setting | steps | loss first → last | sentiment UA [95% CI] | emotion UA [95% CI] | n | time | peak RSS |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    cells = [f"{s.ua:.3f} [{s.ua_ci[0]:.3f}, {s.ua_ci[1]:.3f}]" for s in (scores["sentiment"], scores["emotion"])]
+    print(f"| {label} | {len(loss)} | {loss[0]:.3f} → {loss[-1]:.3f} | {cells[0]} | {cells[1]} | {len(rows)} | "
+          f"{trained / 60:.1f} min | {peak:.1f} GiB |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
