@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from pallm.model import build
+from pallm.train import steps
+from pallm.train.checkpoints import mark_finished
 from pallm.train.collate import AudioCollator, waveform
-from pallm.train.config import LoraSettings, ModelConfig, SFTSettings
+from pallm.train.config import AlignSettings, LoraSettings, ModelConfig, SFTSettings, TrainConfig
 from pallm.train.data import examples
 
 pytest.importorskip("trl", reason="training needs the train extra: pip install -e '.[train]'")
@@ -125,20 +135,6 @@ def test_summary_tokens_follow_each_clips_frame_tokens(offline: tuple[ModelConfi
 def test_alignment_trains_only_the_projector_resumes_after_a_kill_and_lowers_its_loss(
     offline: tuple[ModelConfig, Path], trainable: Path, tmp_path: Path
 ) -> None:
-    import json
-    import os
-    import shutil
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from safetensors.torch import load_file
-
-    from pallm.train import steps
-    from pallm.train.checkpoints import mark_finished
-    from pallm.train.config import AlignSettings, TrainConfig
-
     model_cfg, folder = offline
     # LoRA is configured for SFT; the alignment (lora off) must leave the decoder as it is.
     lora_cfg = model_cfg.model_copy(update={"lora": LoraSettings(r=4, alpha=8)})
