@@ -26,7 +26,10 @@ from pallm.train.rewards import REPLY, UNDERSTAND, ReplySimilarityReward
 
 
 def generate(speech: Any, examples: Sequence[dict[str, Any]], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy answers of `speech` to the examples' prompts (audio included), in order."""
+    """Greedy answers of `speech` to the examples' prompts (audio included), in order.
+
+    Examples are batched by task: a batch runs until its longest answer ends, so short replies are not held up
+    by long understanding answers."""
     import torch
 
     from pallm.train.collate import prompt_inputs
@@ -36,18 +39,22 @@ def generate(speech: Any, examples: Sequence[dict[str, Any]], max_new_tokens: in
     model.eval()
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    out: list[str] = []
+    order = sorted(range(len(examples)), key=lambda k: str(examples[k].get("task", "")))
+    texts: list[str] = []
     try:
-        for start in range(0, len(examples), batch_size):
-            batch = examples[start : start + batch_size]
+        for start in range(0, len(order), batch_size):
+            batch = [examples[k] for k in order[start : start + batch_size]]
             enc = prompt_inputs(speech.processor, [e["prompt"] for e in batch], [e["audio"] for e in batch])
             enc = {k: v.to(device, dtype) if k == "input_features" else v.to(device) for k, v in enc.items()}
             with torch.no_grad():
                 ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
-            out += tok.batch_decode(ids[:, enc["input_ids"].size(1) :], skip_special_tokens=True)
+            texts += tok.batch_decode(ids[:, enc["input_ids"].size(1) :], skip_special_tokens=True)
     finally:
         model.train(was_training)
+    out = [""] * len(examples)
+    for k, text in zip(order, texts, strict=True):
+        out[k] = text
     return out
 
 
