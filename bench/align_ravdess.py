@@ -47,7 +47,7 @@ def heard_scores(speech: Any, rows: list[dict[str, Any]], seed: int) -> dict[str
     texts = evaluate.generate(speech, rows, max_new_tokens=48, batch_size=48)
     answers = []
     for r, text in zip(rows, texts, strict=True):
-        parsed = parse_understanding("Reasoning: -\n" + text)  # the answer format without its reasoning line
+        parsed = parse_understanding(text, need_reasoning=False)  # the answer format without its reasoning
         answers.append({**r, "pred_sentiment": parsed and parsed.sentiment, "pred_emotion": parsed and parsed.emotion})
     emotions = sorted({r["emotion"] for r in rows if r["emotion"]})
     return {

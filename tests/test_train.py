@@ -85,6 +85,21 @@ def test_generation_batches_by_task_and_answers_in_order(trainable: Path, tiny_m
     assert len(set(together)) > 1
 
 
+def test_the_labels_only_stop_speaks_transformers_protocol(tiny_model: Path) -> None:
+    tok = build(TINY, checkpoint=tiny_model).tokenizer
+    answers = ["Sentiment: negative\nEmotion: angry\nReasoning", "Sentiment: negative\nEmo", "Reasoning: loud."]
+    answer_ids = [tok(a, return_tensors="pt").input_ids[0] for a in answers]
+    width = max(len(a) for a in answer_ids)  # what generation appends: answers, padded where they have ended
+    new = torch.stack([torch.cat([a, torch.full((width - len(a),), tok.pad_token_id)]) for a in answer_ids])
+    prompt = tok("<|im_start|>assistant\n", return_tensors="pt").input_ids.expand(len(answers), -1)
+    # A decoder-only model passes the prompt's ids and the new ones; one generating from embeddings, the new only.
+    for ids in (torch.cat([prompt, new], dim=1), new):
+        stop = evaluate._LabelsGiven(tok, emotion=[True, True, True])
+        first = [stop(ids[:, : ids.size(1) - width + 1], None)]
+        done = stop(ids, None)
+        assert not first[0].any() and done.dtype == torch.bool and done.tolist() == [True, False, False]
+
+
 def test_grpo_sees_the_audio_scores_both_tasks_and_updates(trainable: Path, tiny_model: Path, tmp_path: Path) -> None:
     from trl.trainer.utils import pad
 

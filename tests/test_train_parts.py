@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from pallm.review import db, export, importer, workflow
 from pallm.review.models import User
-from pallm.train.answer import format_understanding, parse_understanding
+from pallm.train.answer import format_understanding, labels_given, parse_understanding
 from pallm.train.data import examples
 from pallm.train.evaluate import swap_audio, swap_permutation
 from pallm.train.intervals import paired_changes
@@ -25,14 +25,31 @@ from pallm.train.rewards import REPLY, UNDERSTAND, correctness_reward, format_re
 def test_answers_round_trip_and_malformed_ones_are_refused() -> None:
     text = format_understanding("Her  pitch is high\nand she is loud.", ["pitch: high", "loudness: loud"], "negative",
                                 "angry")  # fmt: skip
-    assert text.splitlines()[0] == "Reasoning: Her pitch is high and she is loud."
+    assert text.splitlines()[:3] == [
+        "Sentiment: negative",
+        "Emotion: angry",
+        "Reasoning: Her pitch is high and she is loud.",
+    ]
     a = parse_understanding(text)
     assert (a.cues, a.sentiment, a.emotion) == (("pitch: high", "loudness: loud"), "negative", "angry")
     loose = parse_understanding("reasoning: slow and quiet,\nso probably sad.\nCUES: none\nSentiment: Negative.")
     assert (loose.reasoning, loose.cues, loose.sentiment, loose.emotion) == (
         "slow and quiet, so probably sad.", (), "negative", None)  # fmt: skip
     assert parse_understanding("Sentiment: positive") is None, "no reasoning"
+    assert parse_understanding("Sentiment: positive\nEmotion: happy", need_reasoning=False).emotion == "happy"
     assert parse_understanding("Reasoning: she sounds happy.") is None, "no sentiment"
+
+
+def test_labels_count_as_given_once_their_line_is_finished() -> None:
+    answer = format_understanding("Loud.", ["loudness: loud"], "negative", "angry")
+    given = [k for k in range(len(answer) + 1) if labels_given(answer[:k], emotion=True)]
+    assert given and answer[: given[0]] == "Sentiment: negative\nEmotion: angry\n"
+    assert all(labels_given(answer[:k], emotion=True) for k in range(given[0], len(answer) + 1))
+    assert labels_given("Sentiment: negative\nE", emotion=False)
+    assert not labels_given("Sentiment: negative\nE", emotion=True)
+    reasoning_first = "Reasoning: loud.\nCues: none\nSentiment: negative\nEmotion: angry"
+    assert not labels_given(reasoning_first, emotion=True), "its emotion line is not finished yet"
+    assert labels_given(reasoning_first + "\n", emotion=True)
 
 
 def _answer(sentiment: str, emotion: str, cues: str = "pitch: high", reasoning: str = "It sounds tense.") -> str:
@@ -119,7 +136,7 @@ def test_examples_follow_the_reviews(reviewable: Path, tmp_path: Path) -> None:
     after = examples(ds)
     assert rejected.row_id not in {e["id"] for e in after}
     text = next(e for e in after if e["id"] == edited.row_id and e["task"] == UNDERSTAND)["completion"]
-    assert text[0]["content"][0]["text"].startswith(f"Reasoning: {new}")
+    assert f"\nReasoning: {new}\n" in text[0]["content"][0]["text"]
     assert len(after) == len(before) - 2
 
     only_understanding = examples(ds, understand_share=1.0)
@@ -224,8 +241,9 @@ def test_alignment_examples_say_what_is_heard_from_the_training_splits_only(trai
     from pallm.train.data import align_examples, heard_target, read_rows
 
     target = heard_target(["pitch: high", "rate: fast"], "positive", "happy")
-    assert target == "Cues: pitch: high; rate: fast\nSentiment: positive\nEmotion: happy"
-    parsed = parse_understanding("Reasoning: -\n" + target)
+    assert target == "Sentiment: positive\nEmotion: happy\nCues: pitch: high; rate: fast"
+    assert format_understanding("-", [], "positive", "happy").startswith(heard_target([], "positive", "happy", False))
+    parsed = parse_understanding(target, need_reasoning=False)
     assert parsed is not None and (parsed.cues, parsed.sentiment, parsed.emotion) == (
         ("pitch: high", "rate: fast"), "positive", "happy")  # fmt: skip
     assert heard_target([], "neutral", None, cues=False) == "Sentiment: neutral"

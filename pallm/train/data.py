@@ -32,8 +32,8 @@ def understand_prompt(emotions: Sequence[str]) -> str:
     if emotions:
         labels += f"\nEmotion: {' | '.join(emotions)}"
     return (
-        "Listen to the speaker. Reason from how they sound, name the voice cues you rely on, then give the "
-        f"labels. Answer exactly in this form:\nReasoning: ...\nCues: cue; cue\n{labels}"
+        "Listen to the speaker. Give the labels you hear, then reason from how they sound and name the voice cues "
+        f"you rely on. Answer exactly in this form:\n{labels}\nReasoning: ...\nCues: cue; cue"
     )
 
 
@@ -111,11 +111,10 @@ def examples(
 
 def heard_target(cue_words: Sequence[str], sentiment: str, emotion: str | None, cues: bool = True) -> str:
     """An alignment target: what the clip sounds like in the answer format's lines, without the reasoning (the
-    measured cue words with `cues`, then the labels)."""
-    lines = [f"Cues: {'; '.join(cue_words) or 'none'}"] if cues else []
-    lines.append(f"Sentiment: {sentiment}")
-    if emotion:
-        lines.append(f"Emotion: {emotion}")
+    labels, then the measured cue words with `cues`); the labels alone are how an understanding answer begins."""
+    lines = [f"Sentiment: {sentiment}", *([f"Emotion: {emotion}"] if emotion else [])]
+    if cues:
+        lines.append(f"Cues: {'; '.join(cue_words) or 'none'}")
     return "\n".join(lines)
 
 

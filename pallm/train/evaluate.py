@@ -20,16 +20,19 @@ from statistics import mean
 from typing import Any
 
 from pallm.labels import EMOTIONS, UnknownLabel, map_label
-from pallm.train.answer import SENTIMENTS, parse_understanding
+from pallm.train.answer import SENTIMENTS, labels_given, parse_understanding
 from pallm.train.metrics import score_groups
 from pallm.train.rewards import REPLY, UNDERSTAND, ReplySimilarityReward
 
 
-def generate(speech: Any, examples: Sequence[dict[str, Any]], max_new_tokens: int, batch_size: int) -> list[str]:
+def generate(
+    speech: Any, examples: Sequence[dict[str, Any]], max_new_tokens: int, batch_size: int, labels_only: bool = False
+) -> list[str]:
     """Greedy answers of `speech` to the examples' prompts (audio included), in order.
 
     Examples are batched by task: a batch runs until its longest answer ends, so short replies are not held up
-    by long understanding answers."""
+    by long understanding answers. With `labels_only` each answer stops once it has given its labels
+    (`answer.labels_given`), wherever in the answer they are."""
     import torch
 
     from pallm.train.collate import prompt_inputs
@@ -46,8 +49,9 @@ def generate(speech: Any, examples: Sequence[dict[str, Any]], max_new_tokens: in
             batch = [examples[k] for k in order[start : start + batch_size]]
             enc = prompt_inputs(speech.processor, [e["prompt"] for e in batch], [e["audio"] for e in batch])
             enc = {k: v.to(device, dtype) if k == "input_features" else v.to(device) for k, v in enc.items()}
+            stop = [_LabelsGiven(tok, [bool(e["emotion"]) for e in batch])] if labels_only else None
             with torch.no_grad():
-                ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, stopping_criteria=stop,
                                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
             texts += tok.batch_decode(ids[:, enc["input_ids"].size(1) :], skip_special_tokens=True)
     finally:
@@ -58,11 +62,33 @@ def generate(speech: Any, examples: Sequence[dict[str, Any]], max_new_tokens: in
     return out
 
 
-def answer_rows(examples: Sequence[dict[str, Any]], texts: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per example: its gold labels and what the system said (parsed where it is an understanding)."""
+class _LabelsGiven:
+    """A stopping criterion (transformers' protocol): which answers of the batch have given their labels.
+
+    It is called after each new token; the answers start where the ids were on the first call, less that
+    token, since a model generating from embeddings (the offline backbone) passes the new tokens only."""
+
+    def __init__(self, tokenizer: Any, emotion: Sequence[bool]) -> None:
+        self.tokenizer, self.emotion, self.start = tokenizer, list(emotion), None
+
+    def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
+        import torch
+
+        if self.start is None:
+            self.start = input_ids.size(1) - 1
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
+        done = [labels_given(t, e) for t, e in zip(texts, self.emotion, strict=True)]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def answer_rows(
+    examples: Sequence[dict[str, Any]], texts: Sequence[str], labels_only: bool = False
+) -> list[dict[str, Any]]:
+    """One row per example: its gold labels and what the system said (parsed where it is an understanding;
+    with `labels_only`, answers cut after their labels are read without a reasoning)."""
     rows = []
     for e, text in zip(examples, texts, strict=True):
-        parsed = parse_understanding(text) if e["task"] == UNDERSTAND else None
+        parsed = parse_understanding(text, need_reasoning=not labels_only) if e["task"] == UNDERSTAND else None
         rows.append({
             "id": e["id"], "corpus": e["corpus"], "split": e["split"], "task": e["task"], "text": text,
             "sentiment": e["sentiment"], "emotion": e["emotion"],
@@ -74,7 +100,7 @@ def answer_rows(examples: Sequence[dict[str, Any]], texts: Sequence[str]) -> lis
 
 def label_answer(reasoning: str, sentiment: str | None, emotion: str | None) -> str:
     """A classifier's labels written as an understanding answer, so baselines are scored by the same code."""
-    return f"Reasoning: {reasoning}\nCues: none\nSentiment: {sentiment}\nEmotion: {emotion}"
+    return f"Sentiment: {sentiment}\nEmotion: {emotion}\nReasoning: {reasoning}\nCues: none"
 
 
 def words_only_rows(examples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

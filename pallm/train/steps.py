@@ -327,10 +327,10 @@ def _model_answers(
     speech = build(cfg.model.model_copy(update={"lora": None}), checkpoint=model_checkpoint(run, cfg, system),
                    seed=cfg.seed)  # fmt: skip
     answers = evaluate.answer_rows(rows, evaluate.generate(speech, rows, cfg.eval.max_new_tokens, cfg.eval.batch_size))
-    heard = evaluate.swap_audio(rows, cfg.seed)
-    texts = evaluate.generate(speech, heard, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+    heard = evaluate.swap_audio(rows, cfg.seed)  # only the labels are scored: each answer stops after them
+    texts = evaluate.generate(speech, heard, cfg.eval.max_new_tokens, cfg.eval.batch_size, labels_only=True)
     swapped = [{**a, "swapped_from": h["swapped_from"]}
-               for a, h in zip(evaluate.answer_rows(heard, texts), heard, strict=True)]  # fmt: skip
+               for a, h in zip(evaluate.answer_rows(heard, texts, labels_only=True), heard, strict=True)]  # fmt: skip
     return answers, swapped
 
 
