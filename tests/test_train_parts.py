@@ -3,6 +3,7 @@ hand-built confusion matrix, and the examples built from a real reviewed dataset
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -235,6 +236,21 @@ def test_swapped_audio_stays_within_corpus_and_split() -> None:
         assert r["audio"] == r["swapped_from"].encode() and r["emotion"] != (
             "angry" if int(r["swapped_from"][-1]) % 2 else "calm"
         ), "the partner has the other label"
+
+
+def test_a_perfect_listener_answers_the_clip_it_hears(tmp_path: Path) -> None:
+    from pallm.train.report import listener_scores
+
+    labels = [("angry", "negative"), ("sad", "negative"), ("happy", "positive"), ("calm", "neutral")] * 2
+    rows = [{"id": f"c{k}", "corpus": "c", "split": "test", "task": UNDERSTAND, "audio": b"", "emotion": e,
+             "sentiment": s} for k, (e, s) in enumerate(labels)]  # fmt: skip
+    swapped = [{**r, "audio": None, "pred_sentiment": None, "pred_emotion": None} for r in swap_audio(rows, seed=3)]
+    (tmp_path / "after-sft.swapped.jsonl").write_text("".join(json.dumps(r) + "\n" for r in swapped))
+    heard = listener_scores(tmp_path)["c/test"]
+    assert heard["emotion"] == 0.0, "every partner has another emotion"
+    by_id = {r["id"]: r for r in rows}
+    same = [by_id[r["swapped_from"]]["sentiment"] == r["sentiment"] for r in swapped if r["sentiment"] == "negative"]
+    assert heard["sentiment"] == pytest.approx(sum(same) / len(same) / 3), "negative's recall only; the others 0"
 
 
 def test_alignment_examples_say_what_is_heard_from_the_training_splits_only(trainable: Path) -> None:

@@ -84,6 +84,22 @@ def changes(eval_dir: Path, seed: int = 0) -> list[dict[str, Any]]:
     return out
 
 
+def listener_scores(eval_dir: Path) -> dict[str, dict[str, float]]:
+    """Per corpus/split, the UA with swapped audio of a perfect listener, who answers the labels of the clip it
+    hears: the swap test's floor for a model that listens (a model that does not keeps its own UA). The swap
+    depends on the clips and the seed only, so any model's swapped answers give it."""
+    from pallm.train.evaluate import score_rows
+
+    path = next((p for m in MODELS if (p := eval_dir / f"{m}.swapped.jsonl").is_file()), None)
+    rows = list(_answers(path).values()) if path else []
+    gold = {r["id"]: r for r in rows}
+    heard = [{**r, "pred_sentiment": gold[r["swapped_from"]]["sentiment"], "pred_emotion": gold[r["swapped_from"]][
+        "emotion"]} for r in rows if r.get("swapped_from") in gold]  # fmt: skip
+    scores = score_rows(heard, None)
+    groups = {g for t in ("sentiment", "emotion") for g in scores[t]}
+    return {g: {t: scores[t][g]["ua"] for t in ("sentiment", "emotion") if g in scores[t]} for g in groups}
+
+
 def _chance(scores: dict[str, Any] | None) -> float | None:
     """UA of a constant or random answer: one over the number of true classes present."""
     if not scores:
@@ -92,9 +108,12 @@ def _chance(scores: dict[str, Any] | None) -> float | None:
     return 1 / present if present else None
 
 
-def headline(metrics: dict[str, dict[str, Any]], found: list[dict[str, Any]]) -> list[str]:
-    """One table per corpus/split (UA with intervals, UA with swapped audio, reply margin), the chance levels, and
-    a sentence: which systems are above chance and whether RL helped."""
+def headline(
+    metrics: dict[str, dict[str, Any]], found: list[dict[str, Any]], listener: dict[str, dict[str, float]] | None = None
+) -> list[str]:
+    """One table per corpus/split (UA with intervals, UA with swapped audio, reply margin), the chance levels and
+    the swapped-audio UA of a perfect listener (`listener_scores`), and a sentence: which systems are above chance
+    and whether RL helped."""
     lines: list[str] = []
     groups = sorted({g for m in metrics.values() for t in ("sentiment", "emotion") for g in m.get(t, {})})
     for g in groups:
@@ -122,7 +141,12 @@ def headline(metrics: dict[str, dict[str, Any]], found: list[dict[str, Any]]) ->
             n = next((m[t][g]["n"] for t in ("sentiment", "emotion") if g in m.get(t, {})), "–")
             lines.append(f"| {system} | {n} | {cells[0]} | {cells[1]} | {swap} | "
                          f"{_signed(margin) if margin is not None else '–'} |")  # fmt: skip
-        lines += ["", "Chance: " + "; ".join(f"{t} UA {_fmt(c)}" for t, c in chance.items() if c is not None) + ".", ""]
+        lines += ["", "Chance: " + "; ".join(f"{t} UA {_fmt(c)}" for t, c in chance.items() if c is not None) + "."]
+        if heard := (listener or {}).get(g):
+            said = "; ".join(f"{t} UA {_fmt(u)}" for t, u in heard.items())
+            lines[-1] += (f" With swapped audio a perfect listener scores {said} (it answers the clip it hears); a "
+                          "model that does not listen keeps its own UA.")  # fmt: skip
+        lines.append("")
         lines += [_verdict(g, above, found), ""]
     return lines
 
@@ -291,7 +315,7 @@ def evaluation_lines(eval_dir: Path, seed: int = 0) -> list[str]:
         "per-speaker z-scores) and `encoder-probe` (the frozen encoder's pooled frames) are supervised baselines "
         "fitted on the training split. With swapped audio each clip is answered hearing another clip of another "
         "label: a model that listens falls (a perfect listener to 0), one that does not listen stays.", "",
-        "## Headline", "", *headline(metrics, found),
+        "## Headline", "", *headline(metrics, found, listener_scores(eval_dir)),
         "## Changes", "", *changes_table(found), "",
         "## Sentiment", "", *comparison_table(metrics, "sentiment"), "",
         "## Emotion", "", *comparison_table(metrics, "emotion"), "",
