@@ -84,6 +84,32 @@ def test_lora_sft_trains_adapters_and_projector_only_and_survives_a_reload(
         torch.testing.assert_close(again.model(**batch).logits, logits, atol=1e-3, rtol=1e-3)
 
 
+def test_the_sft_loss_runs_the_lm_head_over_the_answers_only_and_equals_the_models_own(
+    offline: tuple[ModelConfig, Path], trainable: Path, tmp_path: Path
+) -> None:
+    from transformers import Trainer
+
+    from pallm.train.sft import answer_span, sft_trainer
+
+    cfg, folder = offline
+    speech = build(cfg.model_copy(update={"lora": LoraSettings(r=4, alpha=8)}), checkpoint=folder)
+    rows = examples(trainable, splits=["train"])[:4]
+    trainer = sft_trainer(speech, rows, SFTSettings(max_steps=1, batch_size=4, save_steps=100), tmp_path)
+    batch = AudioCollator(speech.processor)(rows)
+    first, last = answer_span(batch["labels"])
+    answers = (batch["labels"][:, 1:] != -100).nonzero()[:, 1]
+    assert (first, last) == (int(answers.min()), int(answers.max()) + 1)
+    assert last - first < 0.6 * batch["input_ids"].size(1), "the prompt and audio are most of each sequence"
+    with torch.no_grad():
+        loss, outputs = trainer.compute_loss(trainer.model, dict(batch), return_outputs=True)
+        own = Trainer.compute_loss(trainer, trainer.model, dict(batch))
+        assert outputs.logits.shape[:2] == (4, last - first)
+        torch.testing.assert_close(loss, own, atol=1e-5, rtol=1e-5)
+        n = int((batch["labels"] != -100).sum())  # as the Trainer counts the tokens of accumulated micro-batches
+        torch.testing.assert_close(trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=2 * n),
+                                   own / 2, atol=1e-5, rtol=1e-5)  # fmt: skip
+
+
 def test_pooling_sets_the_audio_tokens_per_second(offline: tuple[ModelConfig, Path], trainable: Path) -> None:
     from pallm.model.offline import pool_frames
 

@@ -148,11 +148,14 @@ class OfflineSpeechLM(PreTrainedModel, GenerationMixin):
     def forward(
         self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
         input_features: torch.Tensor | None = None, feature_attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None, **kwargs: Any,
+        inputs_embeds: torch.Tensor | None = None, logits_to_keep: int | torch.Tensor = 0, **kwargs: Any,
     ) -> Any:  # fmt: skip
+        """The decoder's forward on the text and audio embeddings; `logits_to_keep` (the decoder's): the positions
+        the LM head runs over, the last N or these indices (0: all)."""
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids, input_features, feature_attention_mask)
-        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                   logits_to_keep=logits_to_keep, **kwargs)  # fmt: skip
 
     @torch.no_grad()
     def generate(

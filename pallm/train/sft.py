@@ -7,21 +7,50 @@ from typing import Any
 
 from pallm.model import SpeechLM
 from pallm.train.checkpoints import last_checkpoint
-from pallm.train.collate import AudioCollator
+from pallm.train.collate import IGNORE, AudioCollator
 from pallm.train.config import SFTSettings
 
 
+def answer_span(labels: Any) -> tuple[int, int] | None:
+    """The positions whose next token is an answer token in some row of the batch, as [first, last): the only
+    positions the loss needs logits for (prompt and audio, most of a sequence, come before). None when no row
+    has an answer token."""
+    scored = (labels[:, 1:] != IGNORE).any(dim=0).nonzero()
+    return (int(scored[0]), int(scored[-1]) + 1) if len(scored) else None
+
+
 def _trainer_class() -> type:
+    import inspect
+
+    import torch
     from transformers import Trainer
     from trl import SFTTrainer
 
     class AudioSFTTrainer(SFTTrainer):
-        """SFTTrainer whose loss comes from the model's own forward (audio features in, labels masked by the
-        collator). TRL's fused LM head expects a text backbone it can call without the audio, so it is not used."""
+        """SFTTrainer whose loss comes from the model's forward (audio features in, labels masked by the collator).
+        TRL's fused LM head expects a text backbone it can call without the audio, so it is not used. Where the
+        forward takes `logits_to_keep` (the offline backbone), the LM head runs over `answer_span` only: on the
+        RAVDESS recipe that is a third of the positions, so the (batch, positions, 49,152) logits and their
+        gradient shrink threefold."""
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:  # fmt: skip
-            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            span = answer_span(inputs["labels"])
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft
+            if span is None or "logits_to_keep" not in inspect.signature(base.forward).parameters:
+                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            first, last = span
+            rest = {k: v for k, v in inputs.items() if k != "labels"}
+            keep = torch.arange(first, last, device=inputs["labels"].device)
+            outputs = model(**rest, use_cache=False, logits_to_keep=keep)
+            targets = inputs["labels"][:, first + 1 : last + 1]
+            loss = torch.nn.functional.cross_entropy(outputs.logits.float().flatten(0, 1), targets.flatten(),
+                                                     ignore_index=IGNORE, reduction="sum")  # fmt: skip
+            # Like the model's own loss: over the tokens of every accumulated micro-batch where the Trainer
+            # counts them (it then leaves the accumulation to the loss), else over this batch's.
+            counted = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            loss = loss / (num_items_in_batch if counted else (targets != IGNORE).sum().clamp(min=1))
+            return (loss, outputs) if return_outputs else loss
 
     return AudioSFTTrainer
 
