@@ -13,9 +13,8 @@ Phases (the model and its LoRA adapters as the config builds them, the first exa
 - `grpo-raw` / `grpo`: sampling `num_generations` completions of each prompt, then forward and backward of
   the policy on them (plus the reference's forward where beta > 0), against `AudioGRPOTrainer`'s step.
 
-Each phase also runs with the allocator as glibc sets it and with a fixed mmap threshold (`MALLOC`, what
-bench/train_ravdess.py uses), and `sft-raw` with and without gradient checkpointing, so the table says where
-the memory goes. Prints one table: seconds a step (or tokens a second), our ratio to the raw loop, peak RSS.
+Each phase runs with a fixed mmap threshold (`MALLOC`); SFT's two phases also with the allocator as glibc sets
+it, and `sft-raw` with and without gradient checkpointing, so the table says where the memory goes. Prints one table: seconds a step (or tokens a second), our ratio to the raw loop, peak RSS.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 It starts a Prefect server, deploys `build-dataset/demo` and `train-pallm/cpu` to the local process work pool
 and starts a worker for it; runs the build on the built-in synthetic corpus (the build serves the local
-teacher itself), which hands the finished dataset to the tiny training run; imports a review sample into the
-annotation UI and starts it; and prints where to look. Everything it started stops on Ctrl-C.
+teacher itself), which hands the finished dataset to a short training run of the offline backbone
+(configs/train-demo.yaml); imports a review sample into the annotation UI and starts it; and prints where to
+look. Everything it started stops on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """The demo, end to end, everything in `work` (dataset, run, Prefect's database, review store, logs);
     returns where things are. Blocks until Ctrl-C when `keep_serving`. `build_config` and `train_config`
-    replace the demo's defaults (the whole built-in corpus; configs/train-tiny.yaml)."""
+    replace the demo's defaults (the whole built-in corpus; configs/train-demo.yaml, the offline backbone)."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -190,7 +191,10 @@ def run_demo(
             prefect(env, "deploy", "--name", BUILD, "--name", TRAIN)
             services.start("worker", [str(bin_dir / "prefect"), "worker", "start", "--pool", POOL], env)
         console.print(f"Prefect UI: http://127.0.0.1:{prefect_port}  (logs of every process: {work / 'logs'})")
-        training = {"out": str(run_dir), **({"config": str(train_config.resolve())} if train_config else {})}
+        training = {
+            "out": str(run_dir),
+            "config": str((train_config or ROOT / "configs" / "train-demo.yaml").resolve()),
+        }
         parameters = {"out": str(dataset), "teacher": teacher, "cards_index": str(work / "cards"), "train": TRAIN,
                       "train_parameters": training}  # fmt: skip
         if build_config:
