@@ -59,16 +59,27 @@ class Services:
             if proc.poll() is not None:
                 raise RuntimeError(f"the {name} stopped (exit {proc.returncode}); see {self.logs / name}.log")
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 20) -> None:
+        """Ctrl-C to every service at once, then a kill to those still running after `grace` seconds in all (not
+        each: a loaded machine must not make the stop outlast the caller's patience)."""
         for _, proc in reversed(self.procs):
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGINT)
+                _signal_group(proc, signal.SIGINT)
+        deadline = time.monotonic() + grace
         for _, proc in reversed(self.procs):
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                _signal_group(proc, signal.SIGKILL)
                 proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """`sig` to the process group a service leads (gone already: nothing to do)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def wait_for(url: str, services: Services, what: str, timeout: float = 120) -> None:
@@ -210,8 +221,8 @@ def run_demo(
             services.start("annotation-ui", [str(bin_dir / "pallm"), "review", "serve", "--port", str(ui_port),
                                              "--db", db], env)  # fmt: skip
             wait_for(f"http://127.0.0.1:{ui_port}/login", services, "annotation UI")
-            done = watch(client, training_run(client, dataset), "train-pallm: tiny model, SFT, RL, evaluation",
-                         services, console)  # fmt: skip
+            label = "train-pallm: the offline backbone, alignment, SFT, RL, evaluation"
+            done = watch(client, training_run(client, dataset), label, services, console)
             if not done.state.is_completed():
                 raise RuntimeError(f"the training ended {done.state.name}; see the Prefect UI")
         where = {

@@ -110,6 +110,26 @@ def test_the_sft_loss_runs_the_lm_head_over_the_answers_only_and_equals_the_mode
                                    own / 2, atol=1e-5, rtol=1e-5)  # fmt: skip
 
 
+def test_generation_batches_by_task_and_answers_in_order(offline: tuple[ModelConfig, Path], trainable: Path) -> None:
+    from pallm.train import evaluate
+
+    cfg, folder = offline
+    speech = build(cfg, checkpoint=folder)  # a pretrained decoder: its answers differ by prompt
+    rows = examples(trainable, splits=["train"])[:6]
+    tasks = [r["task"] for r in rows]
+    assert len(set(tasks)) == 2 and tasks != sorted(tasks), "the fixture interleaves the two tasks"
+    together = evaluate.generate(speech, rows, max_new_tokens=6, batch_size=3)
+    # Batched by task, the batches are those of each task alone: the same greedy answers, put back in order.
+    alone = {}
+    for task in set(tasks):
+        mine = [k for k, t in enumerate(tasks) if t == task]
+        answers = evaluate.generate(speech, [rows[k] for k in mine], max_new_tokens=6, batch_size=3)
+        alone.update(zip(mine, answers, strict=True))
+    assert together == [alone[k] for k in range(len(rows))]
+    first, second = ({alone[k] for k, t in enumerate(tasks) if (t == tasks[0]) == same} for same in (True, False))
+    assert not first & second, f"the two tasks' answers must differ for the order to show: {together}"
+
+
 def test_pooling_sets_the_audio_tokens_per_second(offline: tuple[ModelConfig, Path], trainable: Path) -> None:
     from pallm.model.offline import pool_frames
 

@@ -65,26 +65,6 @@ def test_sft_lowers_the_loss(trainable: Path, tiny_model: Path, tmp_path: Path) 
     assert sum(loss[-3:]) / 3 < loss[0] - 0.3, f"the loss did not fall: {loss}"
 
 
-def test_generation_batches_by_task_and_answers_in_order(trainable: Path, tiny_model: Path) -> None:
-    speech = build(TINY, checkpoint=tiny_model)
-    torch.manual_seed(0)
-    with torch.no_grad():  # larger random weights than the fixture's, so greedy answers differ by prompt
-        for p in speech.model.parameters():
-            p.normal_(0, 0.3)
-    rows = examples(trainable, splits=["train"])[:8]
-    tasks = [r["task"] for r in rows]
-    assert len(set(tasks)) == 2 and tasks != sorted(tasks), "the fixture interleaves the two tasks"
-    together = evaluate.generate(speech, rows, max_new_tokens=6, batch_size=4)
-    # Batched by task, the batches are those of each task alone: the same greedy answers, put back in order.
-    alone = {}
-    for task in set(tasks):
-        mine = [k for k, t in enumerate(tasks) if t == task]
-        answers = evaluate.generate(speech, [rows[k] for k in mine], max_new_tokens=6, batch_size=4)
-        alone.update(zip(mine, answers, strict=True))
-    assert together == [alone[k] for k in range(len(rows))]
-    assert len(set(together)) > 1
-
-
 def test_the_labels_only_stop_speaks_transformers_protocol(tiny_model: Path) -> None:
     tok = build(TINY, checkpoint=tiny_model).tokenizer
     answers = ["Sentiment: negative\nEmotion: angry\nReasoning", "Sentiment: negative\nEmo", "Reasoning: loud."]
