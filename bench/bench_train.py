@@ -14,7 +14,8 @@ Phases (the model and its LoRA adapters as the config builds them, the first exa
   the policy on them (plus the reference's forward where beta > 0), against `AudioGRPOTrainer`'s step.
 
 Each phase runs with a fixed mmap threshold (`MALLOC`); SFT's two phases also with the allocator as glibc sets
-it, and `sft-raw` with and without gradient checkpointing, so the table says where the memory goes. Prints one table: seconds a step (or tokens a second), our ratio to the raw loop, peak RSS.
+it, and `sft-raw` with and without gradient checkpointing, so the table says where the memory goes. Prints one
+table: seconds a step (or tokens a second), our ratio to the raw loop, peak RSS.
 """
 
 from __future__ import annotations
