@@ -29,9 +29,8 @@ def _trainer_class() -> type:
     class AudioSFTTrainer(SFTTrainer):
         """SFTTrainer whose loss comes from the model's forward (audio features in, labels masked by the collator).
         TRL's fused LM head expects a text backbone it can call without the audio, so it is not used. Where the
-        forward takes `logits_to_keep` (the offline backbone), the LM head runs over `answer_span` only: on the
-        RAVDESS recipe that is a third of the positions, so the (batch, positions, 49,152) logits and their
-        gradient shrink threefold."""
+        forward takes `logits_to_keep` (the offline backbone), the LM head runs over `answer_span` only, so the
+        (batch, positions, 49,152) logits and their gradient leave out the prompt and the audio."""
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:  # fmt: skip
