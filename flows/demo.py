@@ -2,9 +2,8 @@
 
 It starts a Prefect server, deploys `build-dataset/demo` and `train-pallm/cpu` to the local process work pool
 and starts a worker for it; runs the build on the built-in synthetic corpus (the build serves the local
-teacher itself), which hands the finished dataset to a short training run of the offline backbone
-(configs/train-demo.yaml); imports a review sample into the annotation UI and starts it; and prints where to
-look. Everything it started stops on Ctrl-C.
+teacher itself), which hands the finished dataset to the tiny training run; imports a review sample into the
+annotation UI and starts it; and prints where to look. Everything it started stops on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -176,7 +175,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """The demo, end to end, everything in `work` (dataset, run, Prefect's database, review store, logs);
     returns where things are. Blocks until Ctrl-C when `keep_serving`. `build_config` and `train_config`
-    replace the demo's defaults (the whole built-in corpus; configs/train-demo.yaml, the offline backbone)."""
+    replace the demo's defaults (the whole built-in corpus; configs/train-tiny.yaml)."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -221,8 +220,8 @@ def run_demo(
             services.start("annotation-ui", [str(bin_dir / "pallm"), "review", "serve", "--port", str(ui_port),
                                              "--db", db], env)  # fmt: skip
             wait_for(f"http://127.0.0.1:{ui_port}/login", services, "annotation UI")
-            label = "train-pallm: the offline backbone, alignment, SFT, RL, evaluation"
-            done = watch(client, training_run(client, dataset), label, services, console)
+            done = watch(client, training_run(client, dataset), "train-pallm: tiny model, SFT, RL, evaluation",
+                         services, console)  # fmt: skip
             if not done.state.is_completed():
                 raise RuntimeError(f"the training ended {done.state.name}; see the Prefect UI")
         where = {
