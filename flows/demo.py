@@ -201,10 +201,7 @@ def run_demo(
             prefect(env, "deploy", "--name", BUILD, "--name", TRAIN)
             services.start("worker", [str(bin_dir / "prefect"), "worker", "start", "--pool", POOL], env)
         console.print(f"Prefect UI: http://127.0.0.1:{prefect_port}  (logs of every process: {work / 'logs'})")
-        training = {
-            "out": str(run_dir),
-            "config": str((train_config or ROOT / "configs" / "train-demo.yaml").resolve()),
-        }
+        training = {"out": str(run_dir), **({"config": str(train_config.resolve())} if train_config else {})}
         parameters = {"out": str(dataset), "teacher": teacher, "cards_index": str(work / "cards"), "train": TRAIN,
                       "train_parameters": training}  # fmt: skip
         if build_config:
