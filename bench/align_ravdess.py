@@ -1,14 +1,21 @@
 """The alignment stage alone, and how well what it learnt is heard: the measurement behind the `align` and
-audio values of configs/train-offline.yaml.
+audio values of configs/train-offline.yaml; with `--sft`, SFT variants from that same alignment, the
+measurement behind its `sft` values.
 
     .venv/bin/python bench/align_ravdess.py --work DIR [--config bench/configs/train-offline-experiment.yaml] \\
-        [--set align.learning_rate=1e-3 --set model.summary_tokens=0 ...]
+        [--set align.learning_rate=1e-3 --set model.summary_tokens=0 ...] \\
+        [--sft --sft-set sft.projector=false --sft-set sft.align_replay=0.25 ...]
 
 Runs train-pallm's alignment step (`steps.run_align`) on RAVDESS actors 1-16 into DIR/<label> (the build of
 bench/train_ravdess.py in DIR/dataset, built unless present), then answers the alignment prompt greedily for
 all 240 clips of actors 17-20 and prints sentiment and emotion UA with 95% intervals, the training time and
 peak RSS. `--set` overrides a config value (dotted path, YAML value); each set of overrides gets its own
 folder, so several can be compared and a rerun reuses what finished.
+
+`--sft` then runs SFT (`steps.run_sft`) from that alignment in DIR/<label>/sft-<sft label>, with the
+`--sft-set` overrides, and scores the labels of its understanding answers on the same clips (each answer
+stopped once its labels are given, as the evaluation's swapped pass does). Variants of one alignment run side
+by side as separate commands (one core each: OMP_NUM_THREADS=1) once the alignment has finished.
 """
 
 from __future__ import annotations
@@ -39,15 +46,15 @@ def with_overrides(cfg: dict[str, Any], sets: list[str]) -> dict[str, Any]:
 
 
 def heard_scores(speech: Any, rows: list[dict[str, Any]], seed: int) -> dict[str, Any]:
-    """Sentiment and emotion scores of the model's greedy answers to the alignment prompt."""
+    """Sentiment and emotion scores of the labels in the model's greedy answers to the rows' prompts."""
     from pallm.train import evaluate
     from pallm.train.answer import SENTIMENTS, parse_understanding
     from pallm.train.metrics import score_groups
 
-    texts = evaluate.generate(speech, rows, max_new_tokens=48, batch_size=48)
+    texts = evaluate.generate(speech, rows, max_new_tokens=48, batch_size=48, labels_only=True)
     answers = []
     for r, text in zip(rows, texts, strict=True):
-        parsed = parse_understanding(text, need_reasoning=False)  # the answer format without its reasoning
+        parsed = parse_understanding(text, need_reasoning=False)  # the labels, whatever follows them
         answers.append({**r, "pred_sentiment": parsed and parsed.sentiment, "pred_emotion": parsed and parsed.emotion})
     emotions = sorted({r["emotion"] for r in rows if r["emotion"]})
     return {
@@ -58,25 +65,37 @@ def heard_scores(speech: Any, rows: list[dict[str, Any]], seed: int) -> dict[str
     }
 
 
+def table_row(label: str, loss: list[float], scores: dict[str, Any], n: int, minutes: float) -> str:
+    """One line of the printed table."""
+    cells = [f"{s.ua:.3f} [{s.ua_ci[0]:.3f}, {s.ua_ci[1]:.3f}]" for s in (scores["sentiment"], scores["emotion"])]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    return (f"| {label} | {len(loss)} | {loss[0]:.3f} → {loss[-1]:.3f} | {cells[0]} | {cells[1]} | {n} | "
+            f"{minutes:.1f} min | {peak:.1f} GiB |")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=ROOT / "bench/.cache/ravdess-train")
     ap.add_argument("--config", type=Path, default=ROOT / "bench/configs/train-offline-experiment.yaml")
     ap.add_argument("--build-config", type=Path, default=ROOT / "bench/configs/ravdess-speaker-independent.yaml")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="a.b=value (YAML), repeatable")
+    ap.add_argument("--sft", action="store_true", help="then SFT from the alignment, its labels scored")
+    ap.add_argument("--sft-set", dest="sft_sets", action="append", default=[], help="an override of the SFT run")
     args = ap.parse_args()
 
     from pallm.model import build
     from pallm.train import steps
     from pallm.train.config import TrainConfig
-    from pallm.train.data import align_examples, read_rows
+    from pallm.train.data import align_examples, examples, read_rows
+    from pallm.train.rewards import UNDERSTAND
 
     dataset = args.work / "dataset"
     if not (dataset / "manifest.json").is_file():
-        build = [sys.executable, "-m", "pallm.cli", "build-dataset", "--config", str(args.build_config),
-                 "--out", str(dataset), "--cards-index", str(args.work / "cards")]  # fmt: skip
-        subprocess.run(build, check=True, cwd=ROOT)
-    cfg = TrainConfig.model_validate(with_overrides(yaml.safe_load(args.config.read_text(encoding="utf-8")), args.sets))
+        build_cmd = [sys.executable, "-m", "pallm.cli", "build-dataset", "--config", str(args.build_config),
+                     "--out", str(dataset), "--cards-index", str(args.work / "cards")]  # fmt: skip
+        subprocess.run(build_cmd, check=True, cwd=ROOT)
+    raw = with_overrides(yaml.safe_load(args.config.read_text(encoding="utf-8")), args.sets)
+    cfg = TrainConfig.model_validate(raw)
     if cfg.align is None:
         sys.exit(f"{args.config} has no align block")
     label = "align-" + ("-".join(s.replace("=", "_") for s in args.sets) or "default")
@@ -85,17 +104,30 @@ def main() -> None:
     began = time.perf_counter()
     record = steps.run_align(dataset, out, cfg)
     trained = time.perf_counter() - began
-    speech = build(cfg.model.model_copy(update={"lora": None}), checkpoint=out / "align" / "model", seed=cfg.seed)
     labels = {r["id"]: r for r in read_rows(dataset, cfg.eval.splits, ("id", "sentiment", "emotion")).to_pylist()}
-    rows = [{**e, **labels[e["id"]]} for e in align_examples(dataset, cfg.eval.splits, cues=False)]
-    scores = heard_scores(speech, rows, cfg.seed)
+    header = ["| setting | steps | loss first → last | sentiment UA [95% CI] | emotion UA [95% CI] | n | time | "
+              "peak RSS |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    if not args.sft:
+        speech = build(cfg.model.model_copy(update={"lora": None}), checkpoint=out / "align" / "model", seed=cfg.seed)
+        rows = [{**e, **labels[e["id"]]} for e in align_examples(dataset, cfg.eval.splits, cues=False)]
+        loss = [e["loss"] for e in record["history"] if "loss" in e]
+        print("\n".join([*header, table_row(label, loss, heard_scores(speech, rows, cfg.seed), len(rows),
+                                            trained / 60)]))  # fmt: skip
+        return
+    sft_cfg = TrainConfig.model_validate(with_overrides(raw, args.sft_sets))
+    sft_out = out / ("sft-" + ("-".join(s.replace("=", "_") for s in args.sft_sets) or "default"))
+    steps.start_run(dataset, sft_out, sft_cfg)
+    if not (sft_out / "align").exists():
+        (sft_out / "align").symlink_to((out / "align").resolve(), target_is_directory=True)
+    began = time.perf_counter()
+    record = steps.run_sft(dataset, sft_out, sft_cfg)
+    trained = time.perf_counter() - began
+    speech = build(sft_cfg.model.model_copy(update={"lora": None}), checkpoint=sft_out / "sft" / "model",
+                   seed=sft_cfg.seed)  # fmt: skip
+    rows = [e for e in examples(dataset, 0.5, sft_cfg.seed, sft_cfg.eval.splits) if e["task"] == UNDERSTAND]
     loss = [e["loss"] for e in record["history"] if "loss" in e]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print("| setting | steps | loss first → last | sentiment UA [95% CI] | emotion UA [95% CI] | n | time | peak RSS |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    cells = [f"{s.ua:.3f} [{s.ua_ci[0]:.3f}, {s.ua_ci[1]:.3f}]" for s in (scores["sentiment"], scores["emotion"])]
-    print(f"| {label} | {len(loss)} | {loss[0]:.3f} → {loss[-1]:.3f} | {cells[0]} | {cells[1]} | {len(rows)} | "
-          f"{trained / 60:.1f} min | {peak:.1f} GiB |")  # fmt: skip
+    print("\n".join([*header, table_row(f"{label} / {sft_out.name}", loss, heard_scores(speech, rows, cfg.seed),
+                                        len(rows), trained / 60)]))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -221,3 +221,34 @@ def test_alignment_trains_only_the_projector_resumes_after_a_kill_and_lowers_its
     assert record["trained_parameters"] == sum(v.numel() for v in weights)
     assert steps.run_align(trainable, out, cfg) == json.loads((out / "align" / "done.json").read_text())
     assert steps.sft_start(out, cfg) == out / "align" / "model"
+
+
+def test_sft_can_keep_the_aligned_projector_and_replay_the_alignment(
+    offline: tuple[ModelConfig, Path], trainable: Path, tmp_path: Path
+) -> None:
+    model_cfg, folder = offline
+    lora_cfg = model_cfg.model_copy(update={"lora": LoraSettings(r=4, alpha=8)})
+    sft = SFTSettings(max_steps=2, batch_size=4, learning_rate=1e-3, save_steps=100, projector=False,
+                      align_replay=0.25)  # fmt: skip
+    cfg = TrainConfig(model=lora_cfg, align=AlignSettings(target="labels"), sft=sft)
+    out = tmp_path / "run"
+    steps.start_run(trainable, out, cfg)
+    shutil.copytree(folder, out / "align" / "model")  # stands for an aligned model: only its projector matters
+    mark_finished(out / "align", {"history": []})
+
+    mix = steps.sft_examples(trainable, cfg)
+    replayed = [r for r in mix if r.get("task") == "align"]
+    assert len(mix) == len(steps.train_examples(trainable, cfg)) + len(replayed)
+    assert abs(len(replayed) / len(mix) - 0.25) < 0.05, (len(replayed), len(mix))
+    assert all(r["completion"][0]["content"][0]["text"].startswith("Sentiment: ") for r in replayed)
+    assert {r["split"] for r in replayed} == {"train"}, "replay must come from the training splits only"
+
+    record = steps.run_sft(trainable, out, cfg)
+    assert record["examples"] == len(mix)
+    aligned, tuned = (load_file(out / stage / "model" / "model.safetensors") for stage in ("align", "sft"))
+    projector = [n for n in aligned if n.startswith("projector.")]
+    assert projector and all(torch.equal(aligned[n], tuned[n]) for n in projector), "the frozen projector moved"
+    decoder = [n for n in aligned if n not in projector]
+    assert any(not torch.equal(aligned[n], tuned[n]) for n in decoder), "the decoder did not train"
+    with pytest.raises(ValueError, match="configure an align stage"):
+        steps.sft_examples(trainable, cfg.model_copy(update={"align": None}))

@@ -64,8 +64,8 @@ class ModelConfig(_Strict):
     gradient_checkpointing: bool = False
 
 
-class SFTSettings(_Strict):
-    """Stage 1: supervised fine-tuning on the teacher's rationales and replies (TRL SFTTrainer)."""
+class StageSettings(_Strict):
+    """How a supervised stage trains (TRL SFTTrainer): the alignment and SFT."""
 
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="overrides epochs when positive")
@@ -76,7 +76,16 @@ class SFTSettings(_Strict):
     save_steps: int = Field(50, ge=1, description="checkpoint every N steps (the run resumes from the last)")
 
 
-class AlignSettings(SFTSettings):
+class SFTSettings(StageSettings):
+    """Stage 1: supervised fine-tuning on the teacher's rationales and replies."""
+
+    projector: bool = Field(True, description="train the projector too; false: it keeps what the alignment learnt")
+    align_replay: float = Field(
+        0.0, ge=0, lt=1, description="share of the mix that replays the alignment's examples (with an align stage)"
+    )
+
+
+class AlignSettings(StageSettings):
     """The alignment stage before SFT (stage 1 of LLaVA-style training): the decoder frozen, the projector (and,
     with `lora`, the model's LoRA adapters) learns to say in a few words what the clip sounds like, on the
     training splits' rows."""

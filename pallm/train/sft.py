@@ -8,7 +8,7 @@ from typing import Any
 from pallm.model import SpeechLM
 from pallm.train.checkpoints import last_checkpoint
 from pallm.train.collate import IGNORE, AudioCollator
-from pallm.train.config import SFTSettings
+from pallm.train.config import StageSettings
 
 
 def answer_span(labels: Any) -> tuple[int, int] | None:
@@ -54,7 +54,7 @@ def _trainer_class() -> type:
     return AudioSFTTrainer
 
 
-def sft_args(cfg: SFTSettings, out: Path, seed: int, bf16: bool, checkpointing: bool = False) -> Any:
+def sft_args(cfg: StageSettings, out: Path, seed: int, bf16: bool, checkpointing: bool = False) -> Any:
     """TRL's SFTConfig for our examples: keep every column (the collator reads audio), skip TRL's tokenising."""
     from trl import SFTConfig
 
@@ -70,7 +70,7 @@ def sft_args(cfg: SFTSettings, out: Path, seed: int, bf16: bool, checkpointing: 
 
 
 def sft_trainer(
-    speech: SpeechLM, train: list[dict[str, Any]], cfg: SFTSettings, out: Path, seed: int = 0,
+    speech: SpeechLM, train: list[dict[str, Any]], cfg: StageSettings, out: Path, seed: int = 0,
     checkpointing: bool = False,
 ) -> Any:  # fmt: skip
     """The SFT trainer of `speech.model` on `train` (checkpoints to `out`); `checkpointing`: gradient
@@ -86,7 +86,7 @@ def sft_trainer(
 
 
 def train_sft(
-    speech: SpeechLM, train: list[dict[str, Any]], cfg: SFTSettings, out: Path, seed: int = 0,
+    speech: SpeechLM, train: list[dict[str, Any]], cfg: StageSettings, out: Path, seed: int = 0,
     checkpointing: bool = False,
 ) -> list[dict]:  # fmt: skip
     """Fine-tune `speech.model` in place on `train` (`sft_trainer`); a rerun resumes from the last checkpoint in

@@ -66,6 +66,24 @@ def train_examples(dataset: Path, cfg: TrainConfig) -> list[dict[str, Any]]:
     return rows
 
 
+def sft_examples(dataset: Path, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """SFT's mix: `train_examples`, plus the alignment's examples drawn (seeded) to make up `sft.align_replay` of
+    it, so SFT keeps rehearsing what the alignment taught."""
+    from pallm.train.data import align_examples
+
+    rows = train_examples(dataset, cfg)
+    share = cfg.sft.align_replay
+    if not share:
+        return rows
+    if cfg.align is None:
+        raise ValueError("sft.align_replay replays the alignment's examples: configure an align stage")
+    heard = align_examples(dataset, cfg.train_splits, cues=cfg.align.target == "cues+labels")
+    wanted = round(len(rows) * share / (1 - share))
+    rng = random.Random(cfg.seed)
+    replay = [rng.choice(heard) for _ in range(wanted)] if wanted > len(heard) else rng.sample(heard, wanted)
+    return rows + [{**r, "task": "align"} for r in replay]
+
+
 def eval_examples(dataset: Path, cfg: TrainConfig) -> list[dict[str, Any]]:
     """Both tasks of every row of the evaluation splits, or of a seeded random sample of `eval.limit` rows per
     split (not the first ones: ids sort by label in some corpora, RAVDESS among them)."""
@@ -142,20 +160,35 @@ def _finish(
     return record
 
 
+def _in_projector(name: str) -> bool:
+    """Whether a parameter belongs to the projector that trains: the offline backbone's `projector`, Qwen2-Audio's
+    `multi_modal_projector`; peft keeps an unused copy of a module it trains in full (`original_module`)."""
+    parts = name.split(".")
+    return any(part.endswith("projector") for part in parts) and "original_module" not in parts
+
+
 def freeze_for_alignment(model: Any, lora: bool) -> int:
     """Leave trainable only the projector (and the LoRA adapters, with `lora`); the number of parameters that
     train."""
     trains = 0
     for name, p in model.named_parameters():
-        # The offline backbone's `projector`, Qwen2-Audio's `multi_modal_projector`; peft keeps an unused copy of
-        # a module it trains in full (`original_module`), which stays frozen.
-        parts = name.split(".")
-        projector = any(part.endswith("projector") for part in parts) and "original_module" not in parts
-        p.requires_grad = projector or (lora and "lora_" in name)
+        p.requires_grad = _in_projector(name) or (lora and "lora_" in name)
         trains += p.numel() if p.requires_grad else 0
     if not trains:
         raise ValueError("the model has no projector to align")
     return trains
+
+
+def freeze_projector(model: Any) -> int:
+    """Freeze the projector (SFT keeps what the alignment learnt); the number of parameters frozen."""
+    frozen = 0
+    for name, p in model.named_parameters():
+        if _in_projector(name) and p.requires_grad:
+            p.requires_grad = False
+            frozen += p.numel()
+    if not frozen:
+        raise ValueError("the model has no trainable projector to freeze")
+    return frozen
 
 
 def run_align(dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any] | None:
@@ -209,10 +242,12 @@ def run_sft(dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
     if cfg.processes > 1 and not _launched():
         return launch("sft", dataset, out, cfg)
     speech = build(cfg.model, checkpoint=base, seed=cfg.seed)
+    if not cfg.sft.projector:
+        freeze_projector(speech.model)
     resumed = last_checkpoint(stage)
-    history = train_sft(speech, train_examples(dataset, cfg), cfg.sft, stage, cfg.seed,
-                        cfg.model.gradient_checkpointing)  # fmt: skip
-    return _finish(speech, stage, resumed, history, dataset)
+    rows = sft_examples(dataset, cfg)
+    history = train_sft(speech, rows, cfg.sft, stage, cfg.seed, cfg.model.gradient_checkpointing)
+    return _finish(speech, stage, resumed, history, dataset, examples=len(rows))
 
 
 def reward_functions(cfg: TrainConfig) -> dict[str, Any]:
