@@ -12,7 +12,9 @@ runs them one after another): on two cores a greedy answer costs 0.66 s with two
 so two one-thread runs answer 1.5 times as fast as two two-thread runs in turn. Every run is resumable: rerun
 the same command after an interruption. Prints, and writes to DIR/summary.md, one table of every seed's
 headline (UA with intervals, UA with swapped audio), the RL change with its paired interval per seed, the
-wall time and each run's peak RSS; `--publish` copies the summary and the first seed's report and plots.
+wall time and each run's peak RSS; `--publish` copies the summary and the first seed's report and plots. The
+table also scores each seed's aligned model (its labels, answering the alignment prompt; after the runs, outside
+their wall time), so it shows what SFT started from.
 """
 
 from __future__ import annotations
@@ -60,6 +62,29 @@ def _ua(m: dict[str, Any], task: str, group: str) -> str:
     return f"{s['ua']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{s['ua']:.3f}"
 
 
+def heard_after_alignment(run: Path) -> dict[str, Any]:
+    """The aligned model's sentiment and emotion UA (with intervals) on the run's evaluation splits, answering
+    the alignment prompt (`align_ravdess.heard_scores`), kept in RUN/align/heard.json: what SFT starts from."""
+    from align_ravdess import heard_scores  # bench/ is on the path of a bench script
+
+    from pallm.model import build
+    from pallm.train.config import TrainConfig
+    from pallm.train.data import align_examples, read_rows
+
+    path = run / "align" / "heard.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    record = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    cfg, dataset = TrainConfig.model_validate(record["config"]), Path(record["dataset"])
+    speech = build(cfg.model.model_copy(update={"lora": None}), checkpoint=run / "align" / "model", seed=cfg.seed)
+    labels = {r["id"]: r for r in read_rows(dataset, cfg.eval.splits, ("id", "sentiment", "emotion")).to_pylist()}
+    rows = [{**e, **labels[e["id"]]} for e in align_examples(dataset, cfg.eval.splits, cues=False)]
+    scores = heard_scores(speech, rows, cfg.seed)
+    heard = {t: {"ua": s.ua, "ua_ci": list(s.ua_ci), "n": len(rows)} for t, s in scores.items()}
+    path.write_text(json.dumps(heard, indent=1), encoding="utf-8")
+    return heard
+
+
 def summary(runs: dict[int, Path], times: dict[int, float], peaks: dict[int, float], total: float) -> list[str]:
     """The experiment's table: every system of every seed, the RL changes, time and memory."""
     from pallm.train.checkpoints import finished
@@ -70,6 +95,10 @@ def summary(runs: dict[int, Path], times: dict[int, float], peaks: dict[int, flo
     changes: list[str] = []
     training: list[str] = []
     for seed, run in runs.items():
+        if (run / "align" / "model").is_dir():
+            heard = {t: {"all": m} for t, m in heard_after_alignment(run).items()}
+            lines.append(f"| {seed} | after alignment | {heard['sentiment']['all']['n']} | "
+                         f"{_ua(heard, 'sentiment', 'all')} | {_ua(heard, 'emotion', 'all')} | – |")  # fmt: skip
         for system, m in load_metrics(run / "eval").items():
             if "not_applicable" in m:
                 continue
