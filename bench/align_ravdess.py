@@ -83,7 +83,6 @@ def main() -> None:
     ap.add_argument("--sft-set", dest="sft_sets", action="append", default=[], help="an override of the SFT run")
     args = ap.parse_args()
 
-    from pallm.model import build
     from pallm.train import steps
     from pallm.train.config import TrainConfig
     from pallm.train.data import align_examples, examples, read_rows
@@ -108,7 +107,8 @@ def main() -> None:
     header = ["| setting | steps | loss first → last | sentiment UA [95% CI] | emotion UA [95% CI] | n | time | "
               "peak RSS |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     if not args.sft:
-        speech = build(cfg.model.model_copy(update={"lora": None}), checkpoint=out / "align" / "model", seed=cfg.seed)
+        speech = steps.build_for(dataset, cfg.model.model_copy(update={"lora": None}), out / "align" / "model",
+                                 cfg.seed)  # fmt: skip
         rows = [{**e, **labels[e["id"]]} for e in align_examples(dataset, cfg.eval.splits, cues=False)]
         loss = [e["loss"] for e in record["history"] if "loss" in e]
         print("\n".join([*header, table_row(label, loss, heard_scores(speech, rows, cfg.seed), len(rows),
@@ -122,8 +122,8 @@ def main() -> None:
     began = time.perf_counter()
     record = steps.run_sft(dataset, sft_out, sft_cfg)
     trained = time.perf_counter() - began
-    speech = build(sft_cfg.model.model_copy(update={"lora": None}), checkpoint=sft_out / "sft" / "model",
-                   seed=sft_cfg.seed)  # fmt: skip
+    speech = steps.build_for(dataset, sft_cfg.model.model_copy(update={"lora": None}), sft_out / "sft" / "model",
+                             sft_cfg.seed)  # fmt: skip
     rows = [e for e in examples(dataset, 0.5, sft_cfg.seed, sft_cfg.eval.splits) if e["task"] == UNDERSTAND]
     loss = [e["loss"] for e in record["history"] if "loss" in e]
     print("\n".join([*header, table_row(f"{label} / {sft_out.name}", loss, heard_scores(speech, rows, cfg.seed),

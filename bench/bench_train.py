@@ -38,14 +38,13 @@ MALLOC = {"MALLOC_ARENA_MAX": "1", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_MMAP_T
 def _setup(args: argparse.Namespace) -> tuple[Any, Any, list[dict[str, Any]]]:
     import torch
 
-    from pallm.model import build
     from pallm.train.config import TrainConfig
-    from pallm.train.steps import train_examples
+    from pallm.train.steps import build_for, train_examples
 
     torch.manual_seed(0)
     cfg = TrainConfig.load(args.config)
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"gradient_checkpointing": args.checkpointing})})
-    speech = build(cfg.model, checkpoint=args.base, seed=cfg.seed)
+    speech = build_for(args.dataset, cfg.model, args.base, cfg.seed)
     rows = [r for r in train_examples(args.dataset, cfg) if r["task"] == "understand"]
     return cfg, speech, rows
 

@@ -178,6 +178,37 @@ def test_summary_tokens_follow_each_clips_frame_tokens(offline: tuple[ModelConfi
     assert not torch.allclose(short, long), "two clips got the same summary"
 
 
+def test_speaker_norm_standardises_frames_by_each_clips_own_speaker(
+    offline: tuple[ModelConfig, Path], trainable: Path, tmp_path: Path
+) -> None:
+    from pallm.train.data import read_rows
+
+    model_cfg, folder = offline
+    normed = tmp_path / "model"  # the saved backbone, its config asking for per-speaker frames
+    normed.mkdir()
+    for f in folder.iterdir():
+        (normed / f.name).symlink_to(f)
+    config = json.loads((folder / "config.json").read_text())
+    (normed / "config.json").unlink()
+    (normed / "config.json").write_text(json.dumps({**config, "speaker_norm": True}))
+
+    speech = steps.build_for(trainable, model_cfg, normed, seed=0)
+    rows = read_rows(trainable, None, ("speaker_id", "audio")).to_pylist()
+    speakers = {r["speaker_id"] for r in rows}
+    assert len(speakers) == 3 and set(speech.processor.speakers.stats) == speakers
+    proc, encoder = speech.processor, speech.processor.encoder
+    for speaker in speakers:
+        clips = [waveform(r["audio"]["bytes"]) for r in rows if r["speaker_id"] == speaker]
+        heard = np.concatenate(proc.frames(clips))
+        assert np.abs(heard.mean(axis=0)).max() < 1e-3, "the speaker's frames are not centred"
+        varying = np.concatenate(encoder(clips)).std(axis=0) > 1e-3
+        np.testing.assert_allclose(heard.std(axis=0)[varying], 1.0, atol=1e-3)
+    other = waveform(rows[0]["audio"]["bytes"]) * 0.5  # audio the speakers were not fitted on
+    with pytest.raises(KeyError, match="speaker is unknown"):
+        proc(["<|AUDIO|> hi"], [other])
+    assert not build(model_cfg, checkpoint=folder).processor.speaker_norm, "a model saved without it keeps its frames"
+
+
 def test_alignment_trains_only_the_projector_resumes_after_a_kill_and_lowers_its_loss(
     offline: tuple[ModelConfig, Path], trainable: Path, tmp_path: Path
 ) -> None:

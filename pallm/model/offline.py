@@ -12,6 +12,7 @@ processor mean-pools every `pool` encoder frames, expands `<|AUDIO|>` into one t
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,6 +31,7 @@ from transformers import (
 )
 
 from pallm.model.common import dtype_for, offline_tokenizer, with_lora
+from pallm.model.speaker_norm import SpeakerNorm, fit_speaker_norm
 from pallm.model.speech_lm import CHAT_TEMPLATE, SAMPLE_RATE, SpeechLM
 from pallm.model.whisper_encoder import WhisperEncoder
 from pallm.paths import cache_dir
@@ -45,14 +47,16 @@ class OfflineSpeechConfig(PretrainedConfig):
     def __init__(
         self, text_config: PretrainedConfig | dict | None = None, encoder: str = "base", encoder_dim: int = 512,
         stack: int = 4, audio_token_index: int = 0, pool: int = 1, projector_norm: bool = False,
-        summary_tokens: int = 0, **kwargs: Any,
+        summary_tokens: int = 0, speaker_norm: bool = False, **kwargs: Any,
     ) -> None:  # fmt: skip
-        # pool, projector_norm and summary_tokens default to what models saved before them were: none of them.
+        # pool, projector_norm, summary_tokens and speaker_norm default to what models saved before them were:
+        # none of them.
         if isinstance(text_config, dict):
             text_config = CONFIG_MAPPING[text_config.get("model_type", "llama")](**text_config)
         self.text_config = text_config if text_config is not None else CONFIG_MAPPING["llama"]()
         self.encoder, self.encoder_dim, self.stack = encoder, encoder_dim, stack
         self.pool, self.projector_norm, self.summary_tokens = pool, projector_norm, summary_tokens
+        self.speaker_norm = speaker_norm
         self.audio_token_index = audio_token_index
         super().__init__(**kwargs)
 
@@ -181,10 +185,27 @@ class OfflineSpeechProcessor(ProcessorMixin):
     attributes: ClassVar[list[str]] = ["tokenizer"]
     tokenizer_class = "AutoTokenizer"
 
-    def __init__(self, tokenizer: Any, chat_template: str | None = None, encoder: WhisperEncoder | None = None,
-                 stack: int = 4, pool: int = 1, summary_tokens: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self, tokenizer: Any, chat_template: str | None = None, encoder: WhisperEncoder | None = None, stack: int = 4,
+        pool: int = 1, summary_tokens: int = 0, speaker_norm: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__(tokenizer, chat_template=chat_template)
         self.encoder, self.stack, self.pool, self.summary_tokens = encoder, stack, pool, summary_tokens
+        # With `speaker_norm`, the frames are standardised by their speaker's statistics (`fit_speakers`).
+        self.speaker_norm = speaker_norm
+        self.speakers: SpeakerNorm | None = None
+
+    def frames(self, audio: list[np.ndarray]) -> list[np.ndarray]:
+        """Each clip's encoder frames as the projector receives them: standardised per speaker where the model
+        does that, then pooled."""
+        if self.encoder is None:
+            raise RuntimeError("this processor has no encoder (loaded without one)")
+        raw = self.encoder(audio)
+        if self.speaker_norm:
+            if self.speakers is None:
+                raise RuntimeError("this model standardises frames per speaker: fit_speakers on the clips first")
+            raw = [self.speakers.apply(self.encoder.key(a), f) for a, f in zip(audio, raw, strict=True)]
+        return [pool_frames(f, self.pool) for f in raw]
 
     def __call__(
         self, text: list[str], audio: list[np.ndarray], sampling_rate: int = SAMPLE_RATE, padding: bool = True,
@@ -192,11 +213,9 @@ class OfflineSpeechProcessor(ProcessorMixin):
     ) -> BatchFeature:  # fmt: skip
         if sampling_rate != SAMPLE_RATE:
             raise ValueError(f"the encoder takes {SAMPLE_RATE} Hz audio, not {sampling_rate} Hz")
-        if self.encoder is None:
-            raise RuntimeError("this processor has no encoder (loaded without one)")
         if len(text) != len(audio) or any(t.count("<|AUDIO|>") != 1 for t in text):
             raise ValueError("each text needs exactly one <|AUDIO|> and one clip")
-        frames = [pool_frames(f, self.pool) for f in self.encoder(audio)]
+        frames = self.frames(audio)
         tokens = [math.ceil(len(f) / self.stack) for f in frames]
         slots = [n + self.summary_tokens for n in tokens]
         expanded = [t.replace("<|AUDIO|>", "<|AUDIO|>" * n) for t, n in zip(text, slots, strict=True)]
@@ -224,12 +243,22 @@ def fit_summary_scaler(speech: SpeechLM, audio: list[np.ndarray], batch: int = 6
         return False
     proc = speech.processor
     stats = torch.cat([
-        clip_statistics(torch.from_numpy(pool_frames(f, proc.pool))[None])
-        for start in range(0, len(audio), batch) for f in proc.encoder(audio[start : start + batch])
+        clip_statistics(torch.from_numpy(f)[None])
+        for start in range(0, len(audio), batch) for f in proc.frames(audio[start : start + batch])
     ])  # fmt: skip
     for p in projectors:
         p.stats_shift.copy_(stats.mean(dim=0))
         p.stats_scale.copy_(stats.std(dim=0).clamp(min=1e-4))
+    return True
+
+
+def fit_speakers(speech: SpeechLM, clips: Iterable[tuple[str, np.ndarray]]) -> bool:
+    """Give the processor every speaker's frame statistics over `clips` (`(speaker, samples)` pairs: all the clips
+    the model will hear, no labels needed); False when the model does not standardise per speaker."""
+    proc = speech.processor
+    if not getattr(proc, "speaker_norm", False):
+        return False
+    proc.speakers = fit_speaker_norm(proc.encoder, proc.encoder.key, clips)
     return True
 
 
@@ -279,7 +308,7 @@ def build(cfg: ModelConfig, checkpoint: Path | None = None, seed: int = 0) -> Sp
         width = encoder([np.zeros(SAMPLE_RATE, np.float32)])[0].shape[1]
         config = OfflineSpeechConfig(
             text_config=decoder.config, encoder=cfg.encoder, encoder_dim=width, stack=cfg.stack, pool=cfg.pool,
-            projector_norm=cfg.projector_norm, summary_tokens=cfg.summary_tokens,
+            projector_norm=cfg.projector_norm, summary_tokens=cfg.summary_tokens, speaker_norm=cfg.speaker_norm,
             audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
         )  # fmt: skip
         torch.manual_seed(seed)
@@ -289,7 +318,8 @@ def build(cfg: ModelConfig, checkpoint: Path | None = None, seed: int = 0) -> Sp
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     processor = OfflineSpeechProcessor(tokenizer, CHAT_TEMPLATE, encoder=encoder, stack=model.config.stack,
-                                       pool=model.config.pool, summary_tokens=model.config.summary_tokens)  # fmt: skip
+                                       pool=model.config.pool, summary_tokens=model.config.summary_tokens,
+                                       speaker_norm=getattr(model.config, "speaker_norm", False))  # fmt: skip
     if cfg.lora is not None:
         model = with_lora(model, cfg.lora, projector="projector")
     return SpeechLM(model=model, processor=processor, family="offline")

@@ -43,7 +43,8 @@ class WhisperEncoder:
         self.cache_dir = cache_dir
         self.encoded = 0  # clips that went through the encoder (not the cache)
 
-    def _key(self, clip: np.ndarray) -> str:
+    def key(self, clip: np.ndarray) -> str:
+        """The clip's name in the cache: a hash of the model and the samples."""
         return hashlib.sha256(self.name.encode() + clip.astype(np.float32).tobytes()).hexdigest()[:32]
 
     def _encode(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -64,7 +65,7 @@ class WhisperEncoder:
     def __call__(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The encoder frames covering each clip, from the cache where they were computed before."""
         out: list[np.ndarray | None] = [None] * len(clips)
-        paths = [self.cache_dir / f"{self._key(c)}.npy" if self.cache_dir else None for c in clips]
+        paths = [self.cache_dir / f"{self.key(c)}.npy" if self.cache_dir else None for c in clips]
         todo = []
         for k, p in enumerate(paths):
             if p is not None and p.is_file():

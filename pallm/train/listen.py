@@ -3,7 +3,8 @@ understanding task) and a reply to the speaker (the reply task), with the prompt
 
 Clips are read by the audio stage a build uses (`pallm.audio.stage`: libsndfile, else ffmpeg; mixed down and
 resampled to 16 kHz; empty, silent, too short or too long clips refused), so any common audio format goes in.
-A file that cannot be read is reported on its own; the other clips are still answered.
+A file that cannot be read is reported on its own; the other clips are still answered. A model that
+standardises its frames per speaker (`model.speaker_norm`) takes the clips of one call as one speaker's.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def listen(model: Model, clips: Sequence[Path], batch_size: int = 8) -> Iterator
     """One result per clip, in order: `{"path", "reasoning", "cues", "sentiment", "emotion", "reply"}`, or
     `{"path", "error"}` for a clip that cannot be read."""
     from pallm.model import build
+    from pallm.model.offline import fit_speakers
+    from pallm.train.collate import waveform
     from pallm.train.evaluate import generate
 
     audio: dict[int, bytes] = {}
@@ -92,6 +95,8 @@ def listen(model: Model, clips: Sequence[Path], batch_size: int = 8) -> Iterator
             errors[k] = str(e)
     if audio:
         speech = build(model.config, checkpoint=model.path)
+        # A model that standardises its frames per speaker takes the clips of one call as one speaker's.
+        fit_speakers(speech, (("listen", waveform(a)) for a in audio.values()))
         understand = understand_prompt(prompt_emotions(model.path))
         asks = [{"prompt": chat_prompt(p), "audio": a} for a in audio.values() for p in (understand, REPLY_PROMPT)]
         texts = iter(generate(speech, asks, model.max_new_tokens, batch_size))

@@ -25,8 +25,8 @@ from typing import Any
 
 from pallm.shards import write_bytes_atomic, write_json_atomic
 from pallm.train.checkpoints import finished, last_checkpoint, mark_finished
-from pallm.train.config import TrainConfig
-from pallm.train.data import examples
+from pallm.train.config import ModelConfig, TrainConfig
+from pallm.train.data import examples, read_rows
 
 REFERENCES = ("words-only", "acoustic", "encoder-probe")  # what the model is measured against
 MODELS = ("before-sft", "after-sft", "after-rl")  # the model at each point of training
@@ -160,6 +160,20 @@ def _finish(
     return record
 
 
+def build_for(dataset: Path, model_cfg: ModelConfig, checkpoint: Path | None, seed: int) -> Any:
+    """The speech LLM of `model_cfg` from `checkpoint`, ready to hear `dataset`: where the model standardises its
+    frames per speaker, its processor gets every speaker's statistics over all the dataset's clips (no labels)."""
+    from pallm.model import build
+    from pallm.model.offline import fit_speakers
+    from pallm.train.collate import waveform
+
+    speech = build(model_cfg, checkpoint=checkpoint, seed=seed)
+    if getattr(speech.processor, "speaker_norm", False):
+        rows = read_rows(dataset, None, ("speaker_id", "audio")).to_pylist()
+        fit_speakers(speech, ((r["speaker_id"], waveform(r["audio"]["bytes"])) for r in rows))
+    return speech
+
+
 def _in_projector(name: str) -> bool:
     """Whether a parameter belongs to the projector that trains: the offline backbone's `projector`, Qwen2-Audio's
     `multi_modal_projector`; peft keeps an unused copy of a module it trains in full (`original_module`)."""
@@ -194,7 +208,6 @@ def freeze_projector(model: Any) -> int:
 def run_align(dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any] | None:
     """The alignment stage (skipped when done, None when not configured): from the initial model, the decoder
     frozen, on `data.align_examples` of the training splits; the result in OUT/align/model."""
-    from pallm.model import build
     from pallm.train.data import align_examples
     from pallm.train.sft import train_sft
 
@@ -207,7 +220,7 @@ def run_align(dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any] | No
     if cfg.processes > 1 and not _launched():
         return launch("align", dataset, out, cfg)
     model_cfg = cfg.model if cfg.align.lora else cfg.model.model_copy(update={"lora": None})
-    speech = build(model_cfg, checkpoint=base, seed=cfg.seed)
+    speech = build_for(dataset, model_cfg, base, cfg.seed)
     trains = freeze_for_alignment(speech.model, cfg.align.lora)
     rows = align_examples(dataset, cfg.train_splits, cues=cfg.align.target == "cues+labels")
     if not rows:
@@ -230,7 +243,6 @@ def sft_start(out: Path, cfg: TrainConfig) -> Path | None:
 def run_sft(dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
     """Stage 1 (skipped when done): SFT from the aligned model, else the initial one; the result in
     OUT/sft/model."""
-    from pallm.model import build
     from pallm.train.sft import train_sft
 
     stage = out / "sft"
@@ -241,7 +253,7 @@ def run_sft(dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
     base = sft_start(out, cfg)
     if cfg.processes > 1 and not _launched():
         return launch("sft", dataset, out, cfg)
-    speech = build(cfg.model, checkpoint=base, seed=cfg.seed)
+    speech = build_for(dataset, cfg.model, base, cfg.seed)
     if not cfg.sft.projector:
         freeze_projector(speech.model)
     resumed = last_checkpoint(stage)
@@ -271,7 +283,6 @@ def reward_functions(cfg: TrainConfig) -> dict[str, Any]:
 
 def run_rl(dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
     """Stage 2 (skipped when done): multi-task GRPO from the SFT model; the result in OUT/rl/model."""
-    from pallm.model import build
     from pallm.train.grpo import train_grpo
 
     stage = out / "rl"
@@ -281,7 +292,7 @@ def run_rl(dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
         raise RuntimeError("RL starts from the SFT model: run SFT first")
     if cfg.processes > 1 and not _launched():
         return launch("rl", dataset, out, cfg)
-    speech = build(cfg.model, checkpoint=stage_model(out, "sft"), seed=cfg.seed)
+    speech = build_for(dataset, cfg.model, stage_model(out, "sft"), cfg.seed)
     resumed = last_checkpoint(stage)
     history = train_grpo(speech, train_examples(dataset, cfg), reward_functions(cfg), cfg.rl, stage, cfg.seed,
                          cfg.model.gradient_checkpointing)  # fmt: skip
@@ -353,14 +364,14 @@ def _baseline_answers(
 
 
 def _model_answers(
-    system: str, run: Path, cfg: TrainConfig, rows: list[dict[str, Any]]
+    system: str, dataset: Path, run: Path, cfg: TrainConfig, rows: list[dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """A model's answers to `rows`, then its answers to the understanding rows with swapped audio."""
-    from pallm.model import build
+    """A model's answers to `rows` (of `dataset`), then its answers to the understanding rows with swapped
+    audio."""
     from pallm.train import evaluate
 
-    speech = build(cfg.model.model_copy(update={"lora": None}), checkpoint=model_checkpoint(run, cfg, system),
-                   seed=cfg.seed)  # fmt: skip
+    speech = build_for(dataset, cfg.model.model_copy(update={"lora": None}), model_checkpoint(run, cfg, system),
+                       cfg.seed)  # fmt: skip
     answers = evaluate.answer_rows(rows, evaluate.generate(speech, rows, cfg.eval.max_new_tokens, cfg.eval.batch_size))
     heard = evaluate.swap_audio(rows, cfg.seed)  # only the labels are scored: each answer stops after them
     texts = evaluate.generate(speech, heard, cfg.eval.max_new_tokens, cfg.eval.batch_size, labels_only=True)
@@ -390,7 +401,7 @@ def run_eval(dataset: Path, run: Path, cfg: TrainConfig, system: str, dest: Path
     elif system in baselines.BASELINES:
         answers, extra = _baseline_answers(system, dataset, run, cfg, [r for r in rows if r["task"] == "understand"])
     else:
-        answers, swapped = _model_answers(system, run, cfg, rows)
+        answers, swapped = _model_answers(system, dataset, run, cfg, rows)
         scores = evaluate.score_rows(swapped, None, cfg.seed)
         extra["swapped"] = {"sentiment": scores["sentiment"], "emotion": scores["emotion"]}
     embedder = Path(cfg.rl.embedder) if cfg.rl.embedder else None
