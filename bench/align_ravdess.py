@@ -45,6 +45,23 @@ def with_overrides(cfg: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     return cfg
 
 
+def cache_frames(dataset: Path, cfg: Any, batch: int = 32) -> tuple[int, float]:
+    """Encode every clip of `dataset` into the frozen encoder's frame cache once, with every core, before runs
+    that read it (side-by-side runs would each encode them, one core apiece): the clips encoded and the minutes."""
+    from pallm.model import frozen_encoder
+    from pallm.train.collate import waveform
+    from pallm.train.data import read_rows
+
+    encode = frozen_encoder(cfg.model)
+    if encode is None:
+        return 0, 0.0
+    began = time.perf_counter()
+    audio = read_rows(dataset, None, ("audio",)).column("audio").to_pylist()
+    for start in range(0, len(audio), batch):
+        encode([waveform(a["bytes"]) for a in audio[start : start + batch]])
+    return encode.encoded, (time.perf_counter() - began) / 60
+
+
 def heard_scores(speech: Any, rows: list[dict[str, Any]], seed: int) -> dict[str, Any]:
     """Sentiment and emotion scores of the labels in the model's greedy answers to the rows' prompts."""
     from pallm.train import evaluate
@@ -97,6 +114,9 @@ def main() -> None:
     cfg = TrainConfig.model_validate(raw)
     if cfg.align is None:
         sys.exit(f"{args.config} has no align block")
+    encoded, minutes = cache_frames(dataset, cfg)
+    if encoded:
+        print(f"frames: {encoded} clips encoded in {minutes:.1f} min (cached for every later run)")
     label = "align-" + ("-".join(s.replace("=", "_") for s in args.sets) or "default")
     out = args.work / label
     steps.start_run(dataset, out, cfg)

@@ -5,7 +5,8 @@ and the model after SFT and after SFT + RL, each with 95% intervals and (models)
     .venv/bin/python bench/train_ravdess.py --config bench/configs/train-offline-experiment.yaml --work DIR \\
         [--seeds 2] [--publish bench/results/ravdess-offline]
 
-Builds the dataset into DIR/dataset (bench/configs/ravdess-speaker-independent.yaml) unless it exists, then
+Builds the dataset into DIR/dataset (bench/configs/ravdess-speaker-independent.yaml) unless it exists, encodes
+its clips into the frozen encoder's frame cache with every core (once; like the build, outside the runs' time), then
 runs `pallm train` once per seed (the config's seed, then the next ones): the first seed's run in DIR/run,
 the others in DIR/run-seed<N>. The seeds run side by side, the cores shared out between them (`--sequential`
 runs them one after another): on two cores a greedy answer costs 0.66 s with two threads and 0.88 s with one,
@@ -144,6 +145,13 @@ def main() -> None:
         print(f"build: {(time.perf_counter() - began) / 60:.1f} min")
 
     base = yaml.safe_load(args.config.read_text(encoding="utf-8"))
+    from align_ravdess import cache_frames  # bench/ is on the path of a bench script
+
+    from pallm.train.config import TrainConfig
+
+    encoded, minutes = cache_frames(dataset, TrainConfig.model_validate(base))
+    if encoded:
+        print(f"frames: {encoded} clips encoded in {minutes:.1f} min, before the runs (cached; not in their time)")
     seeds = [int(base.get("seed", 0)) + k for k in range(args.seeds)]
     runs = {seed: run_dir(work, k, seed) for k, seed in enumerate(seeds)}
     cores = os.cpu_count() or 1
