@@ -129,7 +129,7 @@ def main() -> None:
     if not args.sft:
         speech = steps.build_for(dataset, cfg.model.model_copy(update={"lora": None}), out / "align" / "model",
                                  cfg.seed)  # fmt: skip
-        rows = [{**e, **labels[e["id"]]} for e in align_examples(dataset, cfg.eval.splits, cues=False)]
+        rows = [{**e, **labels[e["id"]]} for e in align_examples(dataset, cfg.eval.splits, False, cfg.align.prompt)]
         loss = [e["loss"] for e in record["history"] if "loss" in e]
         print("\n".join([*header, table_row(label, loss, heard_scores(speech, rows, cfg.seed), len(rows),
                                             trained / 60)]))  # fmt: skip

@@ -79,7 +79,7 @@ def heard_after_alignment(run: Path) -> dict[str, Any]:
     cfg, dataset = TrainConfig.model_validate(record["config"]), Path(record["dataset"])
     speech = build_for(dataset, cfg.model.model_copy(update={"lora": None}), run / "align" / "model", cfg.seed)
     labels = {r["id"]: r for r in read_rows(dataset, cfg.eval.splits, ("id", "sentiment", "emotion")).to_pylist()}
-    rows = [{**e, **labels[e["id"]]} for e in align_examples(dataset, cfg.eval.splits, cues=False)]
+    rows = [{**e, **labels[e["id"]]} for e in align_examples(dataset, cfg.eval.splits, False, cfg.align.prompt)]
     scores = heard_scores(speech, rows, cfg.seed)
     heard = {t: {"ua": s.ua, "ua_ci": list(s.ua_ci), "n": len(rows)} for t, s in scores.items()}
     path.write_text(json.dumps(heard, indent=1), encoding="utf-8")

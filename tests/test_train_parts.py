@@ -274,6 +274,20 @@ def test_alignment_examples_say_what_is_heard_from_the_training_splits_only(trai
         assert text == heard_target([], gold[r["id"]]["sentiment"], gold[r["id"]]["emotion"], cues=False)
         assert r["prompt"][1]["content"][0] == {"type": "audio"} and r["audio"][:4] == b"RIFF"
 
+    # Aligned under the understanding prompt, a clip's example asks exactly what SFT and the evaluation ask, and
+    # its target is how that answer begins.
+    asked = {e["id"]: e for e in examples(trainable, 0.5, 0, ["train"]) if e["task"] == "understand"}
+    same = align_examples(trainable, ["train"], cues=False, prompt="understand")
+    assert [r["id"] for r in same] == [r["id"] for r in rows] and set(asked) <= {r["id"] for r in same}
+    for r in same:
+        if r["id"] in asked:
+            assert r["prompt"] == asked[r["id"]]["prompt"]
+            answer = asked[r["id"]]["completion"][0]["content"][0]["text"]
+            assert answer.startswith(r["completion"][0]["content"][0]["text"] + "\n")
+    assert rows[0]["prompt"] != same[0]["prompt"]
+    with pytest.raises(ValueError, match="unknown alignment prompt"):
+        align_examples(trainable, ["train"], prompt="other")
+
 
 def test_the_report_says_what_each_stage_did_and_how_many_rl_groups_tied() -> None:
     from pallm.train.config import TrainConfig

@@ -99,6 +99,11 @@ class AlignSettings(StageSettings):
         "cues+labels", description="labels: sentiment and emotion; cues+labels: the measured cue words first"
     )
     lora: bool = Field(False, description="train the model's LoRA adapters too (model.lora), not only the projector")
+    prompt: Literal["align", "understand"] = Field(
+        "align",
+        description="align: a short instruction of its own; understand: the understanding prompt that SFT and the "
+        "evaluation ask, so the aligned model already answers it with the labels it hears",
+    )
 
 
 class RLSettings(_Strict):

@@ -118,13 +118,20 @@ def heard_target(cue_words: Sequence[str], sentiment: str, emotion: str | None, 
     return "\n".join(lines)
 
 
-def align_examples(dataset_dir: Path, splits: Sequence[str], cues: bool = True) -> list[dict[str, Any]]:
+def align_examples(
+    dataset_dir: Path, splits: Sequence[str], cues: bool = True, prompt: str = "align"
+) -> list[dict[str, Any]]:
     """The alignment stage's examples: one per labelled row of `splits` (the training splits; never the
-    evaluation's), the audio with a short instruction and `heard_target` as the completion."""
+    evaluation's), the audio with an instruction and `heard_target` as the completion. The instruction is
+    `ALIGN_PROMPT` (`prompt="align"`) or the understanding prompt (`"understand"`), whose answer begins with
+    that very target."""
     rows = read_rows(dataset_dir, splits, columns=("id", "corpus", "split", "sentiment", "emotion", "cue_words",
                                                    "audio")).to_pylist()  # fmt: skip
+    if prompt not in ("align", "understand"):
+        raise ValueError(f"unknown alignment prompt {prompt!r}; align or understand")
+    instruction = ALIGN_PROMPT if prompt == "align" else understand_prompt(emotion_labels(dataset_dir))
     return [
-        {"id": r["id"], "corpus": r["corpus"], "split": r["split"], "prompt": chat_prompt(ALIGN_PROMPT),
+        {"id": r["id"], "corpus": r["corpus"], "split": r["split"], "prompt": chat_prompt(instruction),
          "completion": [{"role": "assistant", "content": [
              {"type": "text", "text": heard_target(r["cue_words"] or [], r["sentiment"], r["emotion"], cues)}]}],
          "audio": r["audio"]["bytes"]}

@@ -77,7 +77,7 @@ def sft_examples(dataset: Path, cfg: TrainConfig) -> list[dict[str, Any]]:
         return rows
     if cfg.align is None:
         raise ValueError("sft.align_replay replays the alignment's examples: configure an align stage")
-    heard = align_examples(dataset, cfg.train_splits, cues=cfg.align.target == "cues+labels")
+    heard = align_examples(dataset, cfg.train_splits, cfg.align.target == "cues+labels", cfg.align.prompt)
     wanted = round(len(rows) * share / (1 - share))
     rng = random.Random(cfg.seed)
     replay = [rng.choice(heard) for _ in range(wanted)] if wanted > len(heard) else rng.sample(heard, wanted)
@@ -222,7 +222,7 @@ def run_align(dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any] | No
     model_cfg = cfg.model if cfg.align.lora else cfg.model.model_copy(update={"lora": None})
     speech = build_for(dataset, model_cfg, base, cfg.seed)
     trains = freeze_for_alignment(speech.model, cfg.align.lora)
-    rows = align_examples(dataset, cfg.train_splits, cues=cfg.align.target == "cues+labels")
+    rows = align_examples(dataset, cfg.train_splits, cfg.align.target == "cues+labels", cfg.align.prompt)
     if not rows:
         raise ValueError(f"no labelled rows to align on in splits {cfg.train_splits} of {dataset}")
     if speech.family == "offline":
