@@ -125,10 +125,10 @@ def align_examples(
     evaluation's), the audio with an instruction and `heard_target` as the completion. The instruction is
     `ALIGN_PROMPT` (`prompt="align"`) or the understanding prompt (`"understand"`), whose answer begins with
     that very target."""
-    rows = read_rows(dataset_dir, splits, columns=("id", "corpus", "split", "sentiment", "emotion", "cue_words",
-                                                   "audio")).to_pylist()  # fmt: skip
     if prompt not in ("align", "understand"):
         raise ValueError(f"unknown alignment prompt {prompt!r}; align or understand")
+    rows = read_rows(dataset_dir, splits, columns=("id", "corpus", "split", "sentiment", "emotion", "cue_words",
+                                                   "audio")).to_pylist()  # fmt: skip
     instruction = ALIGN_PROMPT if prompt == "align" else understand_prompt(emotion_labels(dataset_dir))
     return [
         {"id": r["id"], "corpus": r["corpus"], "split": r["split"], "prompt": chat_prompt(instruction),
