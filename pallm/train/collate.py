@@ -50,10 +50,12 @@ class AudioCollator:
         prompts = [self.processor.apply_chat_template(e["prompt"], add_generation_prompt=True, tokenize=False)
                    for e in examples]  # fmt: skip
         fulls = [self.processor.apply_chat_template(e["prompt"] + e["completion"], tokenize=False) for e in examples]
-        audio = [e["audio"] for e in examples]
-        batch = _encode(self.processor, fulls, audio)
-        # The prompt is a prefix of the full text, so its length after audio expansion marks where the target starts.
-        prompt_lengths = _encode(self.processor, prompts, audio)["attention_mask"].sum(dim=1)
+        batch = _encode(self.processor, fulls, [e["audio"] for e in examples])
+        # The prompt is a prefix of the full text and the audio expands the same in both, so the answer is the
+        # last (full - prompt) text tokens of each row: no second pass of the audio through the processor.
+        text_ids = zip(tok(fulls)["input_ids"], tok(prompts)["input_ids"], strict=True)
+        answer_lengths = torch.tensor([len(full) - len(prompt) for full, prompt in text_ids])
+        prompt_lengths = batch["attention_mask"].sum(dim=1) - answer_lengths
         labels = batch["input_ids"].clone()
         positions = torch.arange(labels.size(1)).expand_as(labels)
         labels[positions < prompt_lengths[:, None]] = IGNORE
