@@ -7,7 +7,8 @@ Phases (the model and its LoRA adapters as the config builds them, the first exa
 
 - `sft-raw`: the batch collated once, then steps of forward, backward and AdamW on the trainable parameters.
 - `sft`: `pallm.train.sft.sft_trainer` (TRL's SFTTrainer, our collator) for the same number of steps on the same
-  examples; a step is the time between two step ends (batch collation included).
+  examples, one micro-batch a step like the raw loop; a step is the time between two step ends (batch collation
+  included).
 - `generate-raw` / `generate`: `model.generate` on the processor's inputs against `evaluate.generate`, greedy,
   the same prompts; new tokens a second.
 - `grpo-raw` / `grpo`: sampling `num_generations` completions of each prompt, then forward and backward of
@@ -99,7 +100,10 @@ def _sft(args: argparse.Namespace) -> dict[str, Any]:
 
     cfg, speech, rows = _setup(args)
     batch = rows[: cfg.sft.batch_size]
-    settings = cfg.sft.model_copy(update={"max_steps": args.steps + 1, "save_steps": 10_000, "warmup_ratio": 0.0})
+    # One micro-batch an optimizer step, as the raw loop takes (the config's grad_accum would make a step of ours
+    # twice the raw's work).
+    settings = cfg.sft.model_copy(update={"max_steps": args.steps + 1, "save_steps": 10_000, "warmup_ratio": 0.0,
+                                          "grad_accum": 1})  # fmt: skip
     with tempfile.TemporaryDirectory() as out:
         trainer = sft_trainer(speech, batch * (args.steps + 1), settings, Path(out), cfg.seed, args.checkpointing)
         timer = _step_timer()
