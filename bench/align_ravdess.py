@@ -127,7 +127,7 @@ def main() -> None:
     header = ["| setting | steps | loss first → last | sentiment UA [95% CI] | emotion UA [95% CI] | n | time | "
               "peak RSS |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     if not args.sft:
-        speech = steps.build_for(dataset, cfg.model.model_copy(update={"lora": None}), out / "align" / "model",
+        speech = steps.build_for(dataset, steps.inference_model(cfg.model), out / "align" / "model",
                                  cfg.seed)  # fmt: skip
         rows = [{**e, **labels[e["id"]]} for e in align_examples(dataset, cfg.eval.splits, False, cfg.align.prompt)]
         loss = [e["loss"] for e in record["history"] if "loss" in e]
@@ -142,7 +142,7 @@ def main() -> None:
     began = time.perf_counter()
     record = steps.run_sft(dataset, sft_out, sft_cfg)
     trained = time.perf_counter() - began
-    speech = steps.build_for(dataset, sft_cfg.model.model_copy(update={"lora": None}), sft_out / "sft" / "model",
+    speech = steps.build_for(dataset, steps.inference_model(sft_cfg.model), sft_out / "sft" / "model",
                              sft_cfg.seed)  # fmt: skip
     rows = [e for e in examples(dataset, 0.5, sft_cfg.seed, sft_cfg.eval.splits) if e["task"] == UNDERSTAND]
     loss = [e["loss"] for e in record["history"] if "loss" in e]

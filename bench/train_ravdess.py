@@ -70,14 +70,14 @@ def heard_after_alignment(run: Path) -> dict[str, Any]:
 
     from pallm.train.config import TrainConfig
     from pallm.train.data import align_examples, read_rows
-    from pallm.train.steps import build_for
+    from pallm.train.steps import build_for, inference_model
 
     path = run / "align" / "heard.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     record = json.loads((run / "config.json").read_text(encoding="utf-8"))
     cfg, dataset = TrainConfig.model_validate(record["config"]), Path(record["dataset"])
-    speech = build_for(dataset, cfg.model.model_copy(update={"lora": None}), run / "align" / "model", cfg.seed)
+    speech = build_for(dataset, inference_model(cfg.model), run / "align" / "model", cfg.seed)
     labels = {r["id"]: r for r in read_rows(dataset, cfg.eval.splits, ("id", "sentiment", "emotion")).to_pylist()}
     rows = [{**e, **labels[e["id"]]} for e in align_examples(dataset, cfg.eval.splits, False, cfg.align.prompt)]
     scores = heard_scores(speech, rows, cfg.seed)

@@ -16,7 +16,9 @@ def build(cfg: ModelConfig, checkpoint: Path | None = None, seed: int = 0) -> Sp
     from pallm.model import offline, qwen2_audio
 
     builders: dict[str, Callable[..., SpeechLM]] = {"qwen2-audio": qwen2_audio.build, "offline": offline.build}
-    return builders[cfg.family](cfg, checkpoint=checkpoint, seed=seed)
+    speech = builders[cfg.family](cfg, checkpoint=checkpoint, seed=seed)
+    speech.mixed_precision = cfg.mixed_precision
+    return speech
 
 
 def frozen_encoder(cfg: ModelConfig) -> Callable[[list[np.ndarray]], list[np.ndarray]] | None:

@@ -147,7 +147,8 @@ class OfflineSpeechLM(PreTrainedModel, GenerationMixin):
         slots = input_ids == self.config.audio_token_index
         if int(slots.sum()) != int(valid.sum()):
             raise ValueError(f"{int(slots.sum())} audio tokens in the text but {int(valid.sum())} audio embeddings")
-        return embeds.masked_scatter(slots[..., None], audio[valid])
+        # Under autocast the projector computes in bfloat16 while the embedding table stays float32.
+        return embeds.masked_scatter(slots[..., None], audio[valid].to(embeds.dtype))
 
     def forward(
         self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,

@@ -33,6 +33,7 @@ class SpeechLM:
     model: Any  # transformers PreTrainedModel, or a peft PeftModel around one
     processor: Any  # a transformers ProcessorMixin with `tokenizer` and `apply_chat_template`
     family: str
+    mixed_precision: str = "no"  # "bf16": the trainers compute under bfloat16 autocast (`ModelConfig`)
 
     @property
     def tokenizer(self) -> Any:

@@ -20,6 +20,7 @@ from pallm.model import SpeechLM
 from pallm.train.checkpoints import last_checkpoint
 from pallm.train.collate import prompt_inputs
 from pallm.train.config import RLSettings
+from pallm.train.sft import on_cpu_only
 
 AUDIO_FIELDS = ("input_features", "feature_attention_mask")
 
@@ -102,7 +103,7 @@ def grpo_args(
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature, beta=cfg.beta, learning_rate=cfg.learning_rate, reward_weights=weights,
         logging_steps=1, save_steps=cfg.save_steps, save_total_limit=2, remove_unused_columns=False,
-        report_to=[], seed=seed, bf16=bf16, dataloader_num_workers=0, disable_tqdm=True,
+        report_to=[], seed=seed, bf16=bf16, use_cpu=on_cpu_only(bf16), dataloader_num_workers=0, disable_tqdm=True,
         gradient_checkpointing=checkpointing,
     )  # fmt: skip
 
@@ -124,7 +125,7 @@ def grpo_trainer(
     if unknown:
         raise ValueError(f"reward_weights names unknown rewards {sorted(unknown)}; known: {sorted(rewards)}")
     names = [n for n in rewards if cfg.reward_weights.get(n, 0) != 0]
-    bf16 = next(speech.model.parameters()).dtype == torch.bfloat16
+    bf16 = speech.mixed_precision == "bf16" or next(speech.model.parameters()).dtype == torch.bfloat16
     return AudioGRPOTrainer(
         model=speech.model, reward_funcs=[rewards[n] for n in names],
         args=grpo_args(cfg, out, seed, bf16, [cfg.reward_weights[n] for n in names], checkpointing),

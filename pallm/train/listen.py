@@ -24,7 +24,7 @@ from pallm.train.answer import parse_understanding
 from pallm.train.checkpoints import finished
 from pallm.train.config import ModelConfig, TrainConfig
 from pallm.train.data import LABELS_FILE, REPLY_PROMPT, chat_prompt, understand_prompt
-from pallm.train.steps import CONFIG_FILE, stage_model
+from pallm.train.steps import CONFIG_FILE, inference_model, stage_model
 
 LIMITS = AudioConfig(max_duration_s=30.0)  # Whisper's window: what the audio side of every family hears at once
 FAMILIES = {"pallm_offline_speech": "offline", "qwen2_audio": "qwen2-audio"}
@@ -46,7 +46,7 @@ def resolve_model(path: Path, max_new_tokens: int | None = None) -> Model:
         cfg = TrainConfig.model_validate(record["config"])
         for stage in ("rl", "sft"):
             if finished(path / stage):
-                return Model(stage_model(path, stage), cfg.model.model_copy(update={"lora": None}),
+                return Model(stage_model(path, stage), inference_model(cfg.model),
                              max_new_tokens or cfg.eval.max_new_tokens)  # fmt: skip
         raise ValueError(f"{path} is a training run with no finished model yet (no sft/ or rl/ done)")
     config = path / "config.json"

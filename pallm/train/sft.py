@@ -54,6 +54,14 @@ def _trainer_class() -> type:
     return AudioSFTTrainer
 
 
+def on_cpu_only(bf16: bool) -> bool:
+    """Whether the Trainer must be told it runs on the CPU: bf16 mixed precision without a GPU is refused
+    otherwise (transformers checks for a bf16 GPU unless `use_cpu`)."""
+    import torch
+
+    return bf16 and not torch.cuda.is_available()
+
+
 def sft_args(cfg: StageSettings, out: Path, seed: int, bf16: bool, checkpointing: bool = False) -> Any:
     """TRL's SFTConfig for our examples: keep every column (the collator reads audio), skip TRL's tokenising."""
     from trl import SFTConfig
@@ -64,7 +72,7 @@ def sft_args(cfg: StageSettings, out: Path, seed: int, bf16: bool, checkpointing
         learning_rate=cfg.learning_rate, warmup_ratio=cfg.warmup_ratio, lr_scheduler_type="cosine",
         logging_steps=1, save_steps=cfg.save_steps, save_total_limit=2, save_only_model=False,
         remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True},
-        report_to=[], seed=seed, bf16=bf16, dataloader_num_workers=0, disable_tqdm=True,
+        report_to=[], seed=seed, bf16=bf16, use_cpu=on_cpu_only(bf16), dataloader_num_workers=0, disable_tqdm=True,
         gradient_checkpointing=checkpointing,
     )  # fmt: skip
 
@@ -78,7 +86,7 @@ def sft_trainer(
     import torch
     from datasets import Dataset
 
-    bf16 = next(speech.model.parameters()).dtype == torch.bfloat16
+    bf16 = speech.mixed_precision == "bf16" or next(speech.model.parameters()).dtype == torch.bfloat16
     return _trainer_class()(
         model=speech.model, args=sft_args(cfg, out, seed, bf16, checkpointing), train_dataset=Dataset.from_list(train),
         processing_class=speech.processor, data_collator=AudioCollator(speech.processor),
