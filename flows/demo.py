@@ -2,7 +2,8 @@
 
 It starts a Prefect server, deploys `build-dataset/demo` and `train-pallm/cpu` to the local process work pool
 and starts a worker for it; runs the build on the built-in synthetic corpus (the build serves the local
-teacher itself), which hands the finished dataset to the tiny training run; imports a review sample into the
+teacher itself), which hands the finished dataset to a short training run of the offline backbone
+(configs/train-demo.yaml: alignment, SFT, RL, evaluation); imports a review sample into the
 annotation UI and starts it; and prints where to look. Everything it started stops on Ctrl-C.
 """
 
@@ -27,6 +28,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 ROOT = Path(__file__).resolve().parents[1]
 POOL = "pallm-process"
 BUILD, TRAIN = "build-dataset/demo", "train-pallm/cpu"
+DEMO_TRAINING = ROOT / "configs" / "train-demo.yaml"
 
 
 def free_port(preferred: int) -> int:
@@ -175,7 +177,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """The demo, end to end, everything in `work` (dataset, run, Prefect's database, review store, logs);
     returns where things are. Blocks until Ctrl-C when `keep_serving`. `build_config` and `train_config`
-    replace the demo's defaults (the whole built-in corpus; configs/train-tiny.yaml)."""
+    replace the demo's defaults (the whole built-in corpus; configs/train-demo.yaml)."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -201,7 +203,8 @@ def run_demo(
             prefect(env, "deploy", "--name", BUILD, "--name", TRAIN)
             services.start("worker", [str(bin_dir / "prefect"), "worker", "start", "--pool", POOL], env)
         console.print(f"Prefect UI: http://127.0.0.1:{prefect_port}  (logs of every process: {work / 'logs'})")
-        training = {"out": str(run_dir), **({"config": str(train_config.resolve())} if train_config else {})}
+        train_config = train_config or DEMO_TRAINING
+        training = {"out": str(run_dir), "config": str(train_config.resolve())}
         parameters = {"out": str(dataset), "teacher": teacher, "cards_index": str(work / "cards"), "train": TRAIN,
                       "train_parameters": training}  # fmt: skip
         if build_config:
@@ -217,7 +220,7 @@ def run_demo(
             services.start("annotation-ui", [str(bin_dir / "pallm"), "review", "serve", "--port", str(ui_port),
                                              "--db", db], env)  # fmt: skip
             wait_for(f"http://127.0.0.1:{ui_port}/login", services, "annotation UI")
-            done = watch(client, training_run(client, dataset), "train-pallm: tiny model, SFT, RL, evaluation",
+            done = watch(client, training_run(client, dataset), f"train-pallm: {training_summary(train_config)}",
                          services, console)  # fmt: skip
             if not done.state.is_completed():
                 raise RuntimeError(f"the training ended {done.state.name}; see the Prefect UI")
@@ -241,6 +244,16 @@ def run_demo(
                 services.check()
                 time.sleep(1)
     return where
+
+
+def training_summary(config: Path) -> str:
+    """What the demo's training run does, in words, for its progress line."""
+    from pallm.train.config import TrainConfig
+
+    cfg = TrainConfig.load(config)
+    model = "the offline backbone" if cfg.model.family == "offline" else f"the {cfg.model.size} Qwen2-Audio"
+    stages = [*(["alignment"] if cfg.align else []), "SFT", "RL", "evaluation"]
+    return f"{model}, {', '.join(stages)}"
 
 
 def import_review_sample(dataset: Path, db: str, sample: int = 24) -> str:

@@ -249,12 +249,13 @@ def demo(
     work: Annotated[Path, typer.Option(help="folder for the dataset, run, Prefect database and logs")] = Path("demo"),
     build_config: Annotated[Path | None, typer.Option(help="build config (default: all the built-in corpus)")] = None,
     train_config: Annotated[
-        Path | None, typer.Option(help="training config (default: configs/train-tiny.yaml)")
+        Path | None, typer.Option(help="training config (default: configs/train-demo.yaml, the offline backbone)")
     ] = None,
     exit_when_done: Annotated[bool, typer.Option(help="stop everything once the training is done")] = False,
 ) -> None:
     """The whole product here, in one go: a Prefect server and worker, build-dataset on the built-in corpus,
-    a review sample in the annotation UI, the tiny train-pallm; then where to look. Ctrl-C stops it all."""
+    a review sample in the annotation UI, a short train-pallm of the offline backbone; then where to look. Ctrl-C
+    stops it all."""
     if teacher not in ("local", "rules"):
         _fail("--teacher must be local or rules")
     from flows.demo import run_demo

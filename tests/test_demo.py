@@ -1,5 +1,5 @@
-"""`pallm demo`, the README's main command, from nothing to a reviewed dataset and a trained tiny model, and
-Ctrl-C stops everything it started. A smaller corpus and a shorter training keep it to a few minutes here."""
+"""`pallm demo`, the README's main command, from nothing to a reviewed dataset and a trained offline backbone,
+and Ctrl-C stops everything it started. A smaller corpus and a shorter training keep it to a few minutes here."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import _free_port, listening
+import yaml
+from conftest import ROOT, _free_port, listening
 from review_helpers import csrf_of
 
 pytestmark = pytest.mark.slow
@@ -31,13 +32,15 @@ def test_demo_builds_reviews_trains_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     one_sentence = {"sentences": ["Kids are talking by the door."]}
     build.write_text(json.dumps({"corpora": [{"name": "synthetic", "path": str(tmp_path / "synthetic"),
                                               "options": one_sentence}]}))  # fmt: skip
+    # The demo's own training (configs/train-demo.yaml: the offline backbone) with every stage cut to a step or two.
     train = tmp_path / "train.yaml"
-    train.write_text(
-        "model: {family: qwen2-audio, size: tiny, dtype: float32}\n"
-        "sft: {max_steps: 2, batch_size: 2, save_steps: 2}\n"
-        "rl: {max_steps: 1, batch_size: 2, num_generations: 2, max_completion_length: 8, save_steps: 1}\n"
-        "eval: {splits: [validation], max_new_tokens: 8, batch_size: 4, limit: 2}\n"
-    )
+    short = yaml.safe_load((ROOT / "configs" / "train-demo.yaml").read_text(encoding="utf-8"))
+    short["align"].update(max_steps=2, batch_size=4, save_steps=2)
+    short["sft"].update(max_steps=2, batch_size=2, grad_accum=1, save_steps=2)
+    short["rl"].update(max_steps=1, batch_size=2, grad_accum=1, num_generations=2, max_completion_length=8,
+                       save_steps=1)  # fmt: skip
+    short["eval"].update(splits=["validation"], max_new_tokens=8, batch_size=4, limit=2)
+    train.write_text(yaml.safe_dump(short))
     prefect_port, ui_port = _free_port(), _free_port()
     work = tmp_path / "demo"
     pallm = str(Path(sys.executable).parent / "pallm")
@@ -64,6 +67,7 @@ def test_demo_builds_reviews_trains_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert manifest["rows"] == 36 and manifest["name"] == "demo"
         report = (work / "run" / "report.md").read_text()
         assert "after-rl" in report and "words-only" in report
+        assert "Whisper base encoder (frozen)" in report and "SmolLM2-135M-Instruct with LoRA" in report
         with urllib.request.urlopen(f"http://127.0.0.1:{prefect_port}/api/health", timeout=5) as r:
             assert r.read() == b"true"
         ui = httpx.Client(base_url=f"http://127.0.0.1:{ui_port}", timeout=30)
