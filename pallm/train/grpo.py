@@ -20,7 +20,7 @@ from pallm.model import SpeechLM
 from pallm.train.checkpoints import last_checkpoint
 from pallm.train.collate import prompt_inputs
 from pallm.train.config import RLSettings
-from pallm.train.sft import on_cpu_only
+from pallm.train.sft import computes_in_bf16, on_cpu_only
 
 AUDIO_FIELDS = ("input_features", "feature_attention_mask")
 
@@ -125,7 +125,7 @@ def grpo_trainer(
     if unknown:
         raise ValueError(f"reward_weights names unknown rewards {sorted(unknown)}; known: {sorted(rewards)}")
     names = [n for n in rewards if cfg.reward_weights.get(n, 0) != 0]
-    bf16 = speech.mixed_precision == "bf16" or next(speech.model.parameters()).dtype == torch.bfloat16
+    bf16 = computes_in_bf16(speech)
     return AudioGRPOTrainer(
         model=speech.model, reward_funcs=[rewards[n] for n in names],
         args=grpo_args(cfg, out, seed, bf16, [cfg.reward_weights[n] for n in names], checkpointing),

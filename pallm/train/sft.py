@@ -54,6 +54,13 @@ def _trainer_class() -> type:
     return AudioSFTTrainer
 
 
+def computes_in_bf16(speech: SpeechLM) -> bool:
+    """Whether a trainer of `speech` runs in bfloat16: its weights are, or it trains in mixed precision."""
+    import torch
+
+    return speech.mixed_precision == "bf16" or next(speech.model.parameters()).dtype == torch.bfloat16
+
+
 def on_cpu_only(bf16: bool) -> bool:
     """Whether the Trainer must be told it runs on the CPU: bf16 mixed precision without a GPU is refused
     otherwise (transformers checks for a bf16 GPU unless `use_cpu`)."""
@@ -83,10 +90,9 @@ def sft_trainer(
 ) -> Any:  # fmt: skip
     """The SFT trainer of `speech.model` on `train` (checkpoints to `out`); `checkpointing`: gradient
     checkpointing (less memory, more compute)."""
-    import torch
     from datasets import Dataset
 
-    bf16 = speech.mixed_precision == "bf16" or next(speech.model.parameters()).dtype == torch.bfloat16
+    bf16 = computes_in_bf16(speech)
     return _trainer_class()(
         model=speech.model, args=sft_args(cfg, out, seed, bf16, checkpointing), train_dataset=Dataset.from_list(train),
         processing_class=speech.processor, data_collator=AudioCollator(speech.processor),
