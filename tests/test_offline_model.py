@@ -283,3 +283,23 @@ def test_sft_can_keep_the_aligned_projector_and_replay_the_alignment(
     assert any(not torch.equal(aligned[n], tuned[n]) for n in decoder), "the decoder did not train"
     with pytest.raises(ValueError, match="configure an align stage"):
         steps.sft_examples(trainable, cfg.model_copy(update={"align": None}))
+
+
+def test_grpo_rollouts_decode_in_bfloat16_under_mixed_precision(
+    offline: tuple[ModelConfig, Path], trainable: Path, tmp_path: Path
+) -> None:  # fmt: skip
+    from pallm.train.config import RLSettings
+    from pallm.train.grpo import grpo_trainer
+    from pallm.train.rewards import format_reward
+
+    cfg, folder = offline
+    speech = build(cfg.model_copy(update={"mixed_precision": "bf16"}), checkpoint=folder)
+    decoded: set[torch.dtype] = set()
+    layer = next(m for n, m in speech.model.named_modules() if n.endswith("mlp.down_proj"))
+    # One new position at a time with the cache: a generation step, not a log-probability pass.
+    layer.register_forward_hook(lambda _m, _i, out: decoded.add(out.dtype) if out.shape[1] == 1 else None)
+    rl = RLSettings(max_steps=1, batch_size=2, num_generations=2, max_completion_length=4, beta=0.0,
+                    reward_weights={"format": 1.0}, save_steps=100)  # fmt: skip
+    grpo_trainer(speech, examples(trainable, splits=["train"]), {"format": format_reward}, rl, tmp_path).train()
+    # The offline model generates through its language model's own `generate`, which accelerate does not wrap.
+    assert decoded == {torch.bfloat16}, "the rollouts decoded outside autocast"

@@ -65,6 +65,12 @@ class AudioGRPOTrainer(GRPOTrainer):
         }
         return ids, None, dict(self._audio)
 
+    def _generate_single_turn(self, *args: Any, **kwargs: Any) -> Any:
+        # Accelerate autocasts the model's forward, not `generate`, which runs through the language model's own;
+        # the log-mel features are computed before this, outside autocast.
+        with self.accelerator.autocast():
+            return super()._generate_single_turn(*args, **kwargs)
+
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         self._audio = {k: inputs[k] for k in AUDIO_FIELDS}
         return super()._compute_loss(model, inputs)
