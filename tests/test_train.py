@@ -52,6 +52,22 @@ def test_the_collator_trains_only_on_the_answer(trainable: Path, tiny_model: Pat
     assert {r["task"] for r in rows} <= {UNDERSTAND, REPLY}
 
 
+def test_an_answer_prefix_trains_without_the_end_of_the_turn(trainable: Path, tiny_model: Path) -> None:
+    from pallm.train.data import align_examples
+
+    speech = build(TINY, checkpoint=tiny_model)
+    tok = speech.tokenizer
+    for prompt, prefix in (("understand", True), ("align", False)):
+        rows = align_examples(trainable, ["train"], False, prompt)[:2]
+        batch = AudioCollator(speech.processor)([*rows, examples(trainable, splits=["train"])[0]])
+        for k, row in enumerate(rows):
+            ids, labels = batch["input_ids"][k], batch["labels"][k]
+            target = row["completion"][0]["content"][0]["text"]
+            # Under the understanding prompt the labels begin the answer: learning to stop there is unlearnt in SFT.
+            assert tok.decode(ids[labels != IGNORE]) == (target if prefix else f"{target}<|im_end|>\n")
+        assert tok.decode(batch["input_ids"][2][batch["labels"][2] != IGNORE]).endswith("<|im_end|>\n")
+
+
 def test_sft_lowers_the_loss(trainable: Path, tiny_model: Path, tmp_path: Path) -> None:
     from pallm.train.sft import train_sft
 

@@ -39,7 +39,8 @@ def _encode(processor: Any, texts: Sequence[str], audio: Sequence[bytes], **kwar
 
 class AudioCollator:
     """SFT collator: prompt + completion through the processor; the loss sees only the completion's tokens
-    (labels are -100 on the system and user turns, the audio placeholders and the padding)."""
+    (labels are -100 on the system and user turns, the audio placeholders and the padding). An example marked
+    `answer_prefix` trains on its completion's text without the end of the turn: the answer goes on."""
 
     def __init__(self, processor: Any) -> None:
         self.processor = processor
@@ -60,5 +61,11 @@ class AudioCollator:
         positions = torch.arange(labels.size(1)).expand_as(labels)
         labels[positions < prompt_lengths[:, None]] = IGNORE
         labels[batch["attention_mask"] == 0] = IGNORE
+        ends = batch["attention_mask"].sum(dim=1)
+        for k, e in enumerate(examples):
+            if e.get("answer_prefix"):
+                answer = prompts[k] + e["completion"][0]["content"][0]["text"]
+                turn_end = len(tok(fulls[k])["input_ids"]) - len(tok(answer)["input_ids"])
+                labels[k, ends[k] - turn_end : ends[k]] = IGNORE
         batch["labels"] = labels
         return dict(batch)

@@ -104,7 +104,7 @@ def examples(
                 "audio": r["audio"]["bytes"], "sentiment": r["sentiment"], "emotion": r["emotion"],
                 "cue_words": list(r["cue_words"] or []), "reply": r["reply"],
                 "words_only_reply": r["words_only_reply"], "words_only_label": r["words_only_label"],
-                "transcript": r["transcript"] or "", "review": r.get("review", "none"),
+                "transcript": r["transcript"] or "", "review": r.get("review", "none"), "answer_prefix": False,
             })  # fmt: skip
     return out
 
@@ -124,7 +124,9 @@ def align_examples(
     """The alignment stage's examples: one per labelled row of `splits` (the training splits; never the
     evaluation's), the audio with an instruction and `heard_target` as the completion. The instruction is
     `ALIGN_PROMPT` (`prompt="align"`) or the understanding prompt (`"understand"`), whose answer begins with
-    that very target."""
+    that very target. Under the understanding prompt the target is marked `answer_prefix`: it is how the answer
+    begins, not all of it, so the turn's end is no target (the model must not learn to stop after the labels,
+    which SFT then has to unlearn)."""
     if prompt not in ("align", "understand"):
         raise ValueError(f"unknown alignment prompt {prompt!r}; align or understand")
     rows = read_rows(dataset_dir, splits, columns=("id", "corpus", "split", "sentiment", "emotion", "cue_words",
@@ -134,6 +136,6 @@ def align_examples(
         {"id": r["id"], "corpus": r["corpus"], "split": r["split"], "prompt": chat_prompt(instruction),
          "completion": [{"role": "assistant", "content": [
              {"type": "text", "text": heard_target(r["cue_words"] or [], r["sentiment"], r["emotion"], cues)}]}],
-         "audio": r["audio"]["bytes"]}
+         "audio": r["audio"]["bytes"], "answer_prefix": prompt == "understand"}
         for r in sorted(rows, key=lambda r: r["id"]) if r["sentiment"]
     ]  # fmt: skip
