@@ -54,8 +54,9 @@ class AudioCollator:
         batch = _encode(self.processor, fulls, [e["audio"] for e in examples])
         # The prompt is a prefix of the full text and the audio expands the same in both, so the answer is the
         # last (full - prompt) text tokens of each row: no second pass of the audio through the processor.
-        text_ids = zip(tok(fulls)["input_ids"], tok(prompts)["input_ids"], strict=True)
-        answer_lengths = torch.tensor([len(full) - len(prompt) for full, prompt in text_ids])
+        full_lengths = [len(ids) for ids in tok(fulls)["input_ids"]]
+        prompt_text_lengths = [len(ids) for ids in tok(prompts)["input_ids"]]
+        answer_lengths = torch.tensor([f - p for f, p in zip(full_lengths, prompt_text_lengths, strict=True)])
         prompt_lengths = batch["attention_mask"].sum(dim=1) - answer_lengths
         labels = batch["input_ids"].clone()
         positions = torch.arange(labels.size(1)).expand_as(labels)
@@ -65,7 +66,7 @@ class AudioCollator:
         for k, e in enumerate(examples):
             if e.get("answer_prefix"):
                 answer = prompts[k] + e["completion"][0]["content"][0]["text"]
-                turn_end = len(tok(fulls[k])["input_ids"]) - len(tok(answer)["input_ids"])
+                turn_end = full_lengths[k] - len(tok(answer)["input_ids"])
                 labels[k, ends[k] - turn_end : ends[k]] = IGNORE
         batch["labels"] = labels
         return dict(batch)
