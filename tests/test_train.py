@@ -85,15 +85,16 @@ def test_sft_lowers_the_loss(trainable: Path, tiny_model: Path, tmp_path: Path) 
 def test_mixed_precision_computes_in_bfloat16_and_keeps_float32_weights(
     trainable: Path, tiny_model: Path, tmp_path: Path, mixed: str
 ) -> None:  # fmt: skip
-    from pallm.train.sft import train_sft
+    from pallm.train.sft import sft_args, train_sft
 
+    settings = SFTSettings(max_steps=2, batch_size=2, learning_rate=1e-3, warmup_ratio=0, save_steps=100)
+    sft_args(settings, tmp_path, 0, bf16=True)  # a bf16 trainer configured earlier in the process must not leak
     cfg = TINY.model_copy(update={"mixed_precision": mixed})
     speech = build(cfg, checkpoint=tiny_model)
     before = _params(speech.model)
     computed: set[torch.dtype] = set()
     layer = next(m for n, m in speech.model.named_modules() if n.endswith("mlp.down_proj"))
     layer.register_forward_hook(lambda _m, _i, out: computed.add(out.dtype))
-    settings = SFTSettings(max_steps=2, batch_size=2, learning_rate=1e-3, warmup_ratio=0, save_steps=100)
     train_sft(speech, examples(trainable, splits=["train"]), settings, tmp_path)
     assert computed == {torch.bfloat16 if mixed == "bf16" else torch.float32}
     changed = [n for n, p in speech.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]

@@ -20,7 +20,7 @@ from pallm.model import SpeechLM
 from pallm.train.checkpoints import last_checkpoint
 from pallm.train.collate import prompt_inputs
 from pallm.train.config import RLSettings
-from pallm.train.sft import computes_in_bf16, on_cpu_only
+from pallm.train.sft import computes_in_bf16, precision_args
 
 AUDIO_FIELDS = ("input_features", "feature_attention_mask")
 
@@ -109,8 +109,8 @@ def grpo_args(
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature, beta=cfg.beta, learning_rate=cfg.learning_rate, reward_weights=weights,
         logging_steps=1, save_steps=cfg.save_steps, save_total_limit=2, remove_unused_columns=False,
-        report_to=[], seed=seed, bf16=bf16, use_cpu=on_cpu_only(bf16), dataloader_num_workers=0, disable_tqdm=True,
-        gradient_checkpointing=checkpointing,
+        report_to=[], seed=seed, dataloader_num_workers=0, disable_tqdm=True,
+        gradient_checkpointing=checkpointing, **precision_args(bf16),
     )  # fmt: skip
 
 

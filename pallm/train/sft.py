@@ -69,6 +69,16 @@ def on_cpu_only(bf16: bool) -> bool:
     return bf16 and not torch.cuda.is_available()
 
 
+def precision_args(bf16: bool) -> dict[str, Any]:
+    """The Trainer's precision arguments, with accelerate's environment pinned to them: transformers writes
+    `ACCELERATE_MIXED_PRECISION=bf16` into the process when a bf16 trainer is configured and never takes it
+    back, so a later float32 trainer in the same process would otherwise train under bf16 autocast."""
+    import os
+
+    os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16" if bf16 else "no"
+    return {"bf16": bf16, "use_cpu": on_cpu_only(bf16)}
+
+
 def sft_args(cfg: StageSettings, out: Path, seed: int, bf16: bool, checkpointing: bool = False) -> Any:
     """TRL's SFTConfig for our examples: keep every column (the collator reads audio), skip TRL's tokenising."""
     from trl import SFTConfig
@@ -79,8 +89,8 @@ def sft_args(cfg: StageSettings, out: Path, seed: int, bf16: bool, checkpointing
         learning_rate=cfg.learning_rate, warmup_ratio=cfg.warmup_ratio, lr_scheduler_type="cosine",
         logging_steps=1, save_steps=cfg.save_steps, save_total_limit=2, save_only_model=False,
         remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True},
-        report_to=[], seed=seed, bf16=bf16, use_cpu=on_cpu_only(bf16), dataloader_num_workers=0, disable_tqdm=True,
-        gradient_checkpointing=checkpointing,
+        report_to=[], seed=seed, dataloader_num_workers=0, disable_tqdm=True,
+        gradient_checkpointing=checkpointing, **precision_args(bf16),
     )  # fmt: skip
 
 
