@@ -1,7 +1,8 @@
 """Training throughput and memory: our SFT step, GRPO step and generation against raw PyTorch loops of the same
 model on the same batch, each phase in a process of its own (so each peak RSS is that phase's own).
 
-    .venv/bin/python bench/bench_train.py [--config configs/train-offline.yaml] [--dataset DIR] [--steps 4]
+    .venv/bin/python bench/bench_train.py [--config configs/train-offline.yaml] [--dataset DIR] [--steps 4] \\
+        [--only sft --only grpo]
 
 Phases (the model and its LoRA adapters as the config builds them, the first examples of the training split):
 
@@ -15,7 +16,7 @@ Phases (the model and its LoRA adapters as the config builds them, the first exa
   the policy on them (plus the reference's forward where beta > 0), against `AudioGRPOTrainer`'s step.
 
 Each phase runs with a fixed mmap threshold (`MALLOC`); SFT's two phases also with the allocator as glibc sets
-it, and `sft-raw` with and without gradient checkpointing, so the table says where the memory goes. Prints one
+it and with gradient checkpointing the other way, so the table says where the memory goes. Prints one
 table: seconds a step (or tokens a second), our ratio to the raw loop, peak RSS.
 """
 
@@ -240,6 +241,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="timed SFT steps per phase (after one untimed)")
     ap.add_argument("--rl-steps", type=int, default=2, help="timed GRPO steps per phase (after one untimed)")
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=("sft", "generate", "grpo"),
+        help="run only these phases and their raw references (repeatable)",
+    )
     ap.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     ap.add_argument("--base", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
@@ -262,9 +269,9 @@ def main() -> None:
     ckpt = cfg.model.gradient_checkpointing
     # Every phase as a run goes (the fixed mmap threshold, the config's checkpointing), then SFT's two raw
     # variants that say where the memory goes: glibc's own threshold, and checkpointing the other way.
-    plan = [(p, True, ckpt) for p in PHASES] + [("sft-raw", False, ckpt), ("sft", False, ckpt),
-                                                 ("sft-raw", True, not ckpt)]  # fmt: skip
-    found = [run_phase(args, *p) for p in plan]
+    plan = [(p, True, ckpt) for p in PHASES] + [(p, malloc, c) for malloc, c in ((False, ckpt), (True, not ckpt),
+                                                (False, not ckpt)) for p in ("sft-raw", "sft")]  # fmt: skip
+    found = [run_phase(args, *p) for p in plan if p[0].startswith(tuple(args.only or PHASES))]
     print(f"{cfg.name}: SFT batch {cfg.sft.batch_size}, GRPO {cfg.rl.batch_size * cfg.rl.grad_accum} completions "
           f"a step, generation batch {cfg.eval.batch_size} x {args.new_tokens} tokens; "
           f"torch threads {os.environ.get('OMP_NUM_THREADS', 'all')}")  # fmt: skip
@@ -274,14 +281,17 @@ def main() -> None:
     for m in found:
         print(f"| {m['phase']} | {'yes' if m['malloc'] else 'no'} | {'yes' if m['checkpointing'] else 'no'} | "
               f"{_figure(m)} | {m['peak_gib']:.1f} GiB |")  # fmt: skip
-    print("\n| ours against raw | fixed mmap threshold | throughput ratio |\n| --- | --- | --- |")
+    print("\n| ours against raw | fixed mmap threshold | gradient checkpointing | throughput ratio |\n"
+          "| --- | --- | --- | --- |")  # fmt: skip
     by = {(m["phase"], m["malloc"], m["checkpointing"]): m for m in found}
     for ours in ("sft", "generate", "grpo"):
         for malloc in (True, False):
-            a, b = by.get((f"{ours}-raw", malloc, ckpt)), by.get((ours, malloc, ckpt))
-            if a and b:
-                unit = "s_step" if "s_step" in a else "s_batch"
-                print(f"| {ours} | {'yes' if malloc else 'no'} | {a[unit] / b[unit]:.2f} |")
+            for c in (ckpt, not ckpt):
+                a, b = by.get((f"{ours}-raw", malloc, c)), by.get((ours, malloc, c))
+                if a and b:
+                    unit = "s_step" if "s_step" in a else "s_batch"
+                    said = {True: "yes", False: "no"}
+                    print(f"| {ours} | {said[malloc]} | {said[c]} | {a[unit] / b[unit]:.2f} |")
 
 
 if __name__ == "__main__":
