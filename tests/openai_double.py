@@ -220,7 +220,9 @@ class _Handler(BaseHTTPRequestHandler):
         answer = answer_for(task, body)
         content = answer if isinstance(answer, str) else json.dumps(answer)
         finish = "stop"
-        if fault == "invalid_json":
+        if fault == "control_char":  # a raw newline and tab inside a string, as some servers send
+            content = content.replace(", which", ",\n\twhich", 1) if task == "understand" else content
+        elif fault == "invalid_json":
             content = content[: len(content) // 2]
         elif fault == "schema":
             content = json.dumps({"answer": "no idea"})

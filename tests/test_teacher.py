@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -59,9 +60,17 @@ def test_templates_are_versioned_files_with_every_task(tmp_path: Path) -> None:
 
 def test_answer_schemas_and_validation() -> None:
     emotions = corpus_emotions("ravdess")
-    schema = json_schema("understand", emotions, gold=("angry", "negative"), cues=vocabulary.phrases())
+    schema = json_schema("understand", emotions, gold=("angry", "negative"), cues=MEASURED)
     assert schema["properties"]["emotion"]["enum"] == ["angry"] and schema["additionalProperties"] is False
-    assert "loudness: loud" in schema["properties"]["cited_cues"]["items"]["enum"]
+    cited = schema["properties"]["cited_cues"]
+    assert cited["items"]["enum"] == MEASURED and cited["minItems"] == 1  # the clip's own cues, nothing else
+    assert json_schema("understand", emotions, cues=[])["properties"]["cited_cues"]["maxItems"] == 0
+    # A raw control character inside a string (JSON forbids it; some servers send it) is read, as a space.
+    raw = '{"rationale": "The pitch is high.\n\tLoud too.", "cited_cues": ["pitch: high"], "emotion": "angry", ' \
+          '"sentiment": "negative"}'  # fmt: skip
+    with pytest.raises(ValueError, match="control character"):
+        json.loads(raw)
+    assert parse("understand", json.loads(raw, strict=False), emotions)["rationale"] == "The pitch is high. Loud too."
     assert json_schema("judge", emotions)["properties"]["emotion"]["enum"] == list(emotions)
     assert parse("judge", {"emotion": "Angry", "sentiment": "negative"}, emotions)["emotion"] == "angry"
     with pytest.raises(MalformedAnswer, match="emotion 'bored' is not one of"):

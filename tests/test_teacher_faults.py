@@ -120,6 +120,18 @@ def test_a_new_prompt_version_re_asks_only_that_prompt(corpus: tuple[Path, list[
     assert all("reply@2" in r["teacher"]["prompt_version"] for r in rows(out))
 
 
+def test_a_raw_control_character_in_an_answer_is_read_not_retried(
+    corpus: tuple[Path, list[str]], tmp_path: Path
+) -> None:  # fmt: skip
+    root, ids = corpus
+    with serve(Double(fault_for=lambda task, body: "control_char" if task == "understand" else None)) as d:
+        build(root, tmp_path / "out", {**FAST, "base_url": d.base_url})
+    got = rows(tmp_path / "out")
+    assert [r["id"] for r in got] == ids and not quarantined(tmp_path / "out")
+    assert sum(s.task == "understand" for s in d.seen) == len(ids), "an answer with a raw newline was asked again"
+    assert all(", which" in r["rationale"] and not any(ord(c) < 32 for c in r["rationale"]) for r in got)
+
+
 def test_server_without_json_schema_falls_back_to_json_mode(corpus: tuple[Path, list[str]], tmp_path: Path) -> None:
     root, ids = corpus
     with serve(Double(refuse_json_schema=True)) as d:

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pallm.labels import SENTIMENTS
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
 class _Answer(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_control_characters(cls, v: Any) -> Any:
+        # A raw newline or tab inside a string (which JSON forbids and some servers send) becomes a space.
+        if isinstance(v, str):
+            return _CONTROL.sub(" ", v)
+        if isinstance(v, list):
+            return [_CONTROL.sub(" ", x) if isinstance(x, str) else x for x in v]
+        return v
 
 
 class Understanding(_Answer):
@@ -43,13 +56,13 @@ class MalformedAnswer(ValueError):
 
 
 def json_schema(
-    task: str, emotions: Sequence[str], *, gold: tuple[str, str] | None = None, cues: Sequence[str] = ()
+    task: str, emotions: Sequence[str], *, gold: tuple[str, str] | None = None, cues: Sequence[str] | None = None
 ) -> dict[str, Any]:
     """The JSON schema of a task's answer, with the choices a server that enforces schemas keeps to.
 
-    The judgement's labels are restricted to `emotions`; the rationale's label to the gold one and
-    its cited cues to `cues` (the vocabulary's phrases: a cue the audio lacks can still be cited,
-    which the grounding check catches, but not a phrase outside the vocabulary).
+    The judgement's labels are restricted to `emotions`; the rationale's label to the gold one and its
+    cited cues to `cues`, the clip's measured cue words (none measured: none cited). So a server that
+    enforces the schema cannot cite an unmeasured cue; the grounding check then judges the rationale's prose.
     """
     schema = ANSWERS[task].model_json_schema()
     schema.pop("title", None)
@@ -63,9 +76,15 @@ def json_schema(
     if task == "understand":
         if gold is not None:
             props["emotion"]["enum"], props["sentiment"]["enum"] = [gold[0]], [gold[1]]
-        if cues:
-            props["cited_cues"]["items"]["enum"] = list(cues)
-        props["cited_cues"]["minItems"] = 1
+        if cues is not None:
+            cited = props["cited_cues"]
+            if cues:
+                cited["items"]["enum"] = list(dict.fromkeys(cues))
+                cited["minItems"], cited["maxItems"] = 1, min(cited["maxItems"], len(set(cues)))
+            else:
+                cited["maxItems"] = 0
+        else:
+            props["cited_cues"]["minItems"] = 1
         props["rationale"]["maxLength"] = 600
     return schema
 

@@ -233,14 +233,16 @@ class _ItemRefused(Exception):
 
 
 def _decode(text: str, mode: str) -> Any:
+    # strict=False: a raw control character inside a string (a newline in a rationale) is not a broken answer;
+    # the answer models turn it into a space.
     try:
-        return json.loads(text)
+        return json.loads(text, strict=False)
     except ValueError as e:
         if mode == "off":  # plain prompting: the object may come wrapped in prose or a code fence
             first, last = text.find("{"), text.rfind("}")
             if 0 <= first < last:
                 try:
-                    return json.loads(text[first : last + 1])
+                    return json.loads(text[first : last + 1], strict=False)
                 except ValueError:
                     pass
         raise MalformedAnswer(f"invalid JSON: {e}") from None

@@ -21,7 +21,6 @@ from pydantic import BaseModel
 
 from pallm.config import TeacherConfig
 from pallm.corpora.base import ItemError
-from pallm.cues import vocabulary
 from pallm.cues.grounding import GROUNDING_VERSION
 from pallm.labels import corpus_emotions
 from pallm.lexical import text_of
@@ -54,7 +53,6 @@ def evidence(row: Row) -> dict[str, Any]:
     return {
         "transcript": text_of(row),
         "cue_words": cue_words,
-        "cue_choices": [*vocabulary.phrases(), *(c for c in cue_words if c.startswith("emphasis on"))],
         "emotion": row["emotion"],
         "sentiment": row.get("sentiment") or "unspecified",
         "emotions": emotions if row["emotion"] in emotions or row["emotion"] in ("other", "unknown")
@@ -105,7 +103,7 @@ class TeacherStep:
         for task in TASKS:
             tpl = self.templates[task]
             messages = tpl.messages(**ev)
-            schema = json_schema(task, ev["emotions"], gold=(row["emotion"], ev["sentiment"]), cues=ev["cue_choices"])
+            schema = json_schema(task, ev["emotions"], gold=(row["emotion"], ev["sentiment"]), cues=ev["cue_words"])
             key = request_key(task, tpl.version, self.model, self.cfg.sampling(), schema, messages)
             out.append(Request(task, tpl.version, messages, schema, tuple(ev["emotions"]), tpl.max_tokens, key))
         return out
