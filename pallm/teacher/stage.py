@@ -32,7 +32,7 @@ from pallm.teacher.checks import check_answers, review_flags
 from pallm.teacher.client import Request, Stats, TeacherClient
 from pallm.teacher.prompts import PROMPTS_DIR, TASKS, PromptTemplate, templates
 
-VERSION = "1"
+VERSION = "2"  # 2: the understanding schema cites only the clip's own cues; control characters read
 COLUMNS = ("rationale", "cited_cues", "teacher_label", "reply", "words_only_reply", "teacher", "checks")
 T = TypeVar("T")
 
