@@ -76,15 +76,13 @@ def json_schema(
     if task == "understand":
         if gold is not None:
             props["emotion"]["enum"], props["sentiment"]["enum"] = [gold[0]], [gold[1]]
+        cited = props["cited_cues"]
+        cited["minItems"] = 1
         if cues is not None:
-            cited = props["cited_cues"]
-            if cues:
-                cited["items"]["enum"] = list(dict.fromkeys(cues))
-                cited["minItems"], cited["maxItems"] = 1, min(cited["maxItems"], len(set(cues)))
-            else:
-                cited["maxItems"] = 0
-        else:
-            props["cited_cues"]["minItems"] = 1
+            choices = list(dict.fromkeys(cues))
+            if choices:  # none measured: maxItems 0 says it; an empty enum would be a rule without alternatives
+                cited["items"]["enum"] = choices
+            cited["minItems"], cited["maxItems"] = min(1, len(choices)), min(cited["maxItems"], len(choices))
         props["rationale"]["maxLength"] = 600
     return schema
 
