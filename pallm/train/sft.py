@@ -61,22 +61,17 @@ def computes_in_bf16(speech: SpeechLM) -> bool:
     return speech.mixed_precision == "bf16" or next(speech.model.parameters()).dtype == torch.bfloat16
 
 
-def on_cpu_only(bf16: bool) -> bool:
-    """Whether the Trainer must be told it runs on the CPU: bf16 mixed precision without a GPU is refused
-    otherwise (transformers checks for a bf16 GPU unless `use_cpu`)."""
-    import torch
-
-    return bf16 and not torch.cuda.is_available()
-
-
 def precision_args(bf16: bool) -> dict[str, Any]:
     """The Trainer's precision arguments, with accelerate's environment pinned to them: transformers writes
     `ACCELERATE_MIXED_PRECISION=bf16` into the process when a bf16 trainer is configured and never takes it
-    back, so a later float32 trainer in the same process would otherwise train under bf16 autocast."""
+    back, so a later float32 trainer in the same process would otherwise train under bf16 autocast. Without a
+    GPU, bf16 also needs `use_cpu` (transformers checks for a bf16 GPU otherwise)."""
     import os
 
+    import torch
+
     os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16" if bf16 else "no"
-    return {"bf16": bf16, "use_cpu": on_cpu_only(bf16)}
+    return {"bf16": bf16, "use_cpu": bf16 and not torch.cuda.is_available()}
 
 
 def sft_args(cfg: StageSettings, out: Path, seed: int, bf16: bool, checkpointing: bool = False) -> Any:
