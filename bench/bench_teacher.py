@@ -1,6 +1,7 @@
 """Benchmark of the teacher stage against a minimal client, on the local llama.cpp server.
 
     .venv/bin/python bench/bench_teacher.py [--corpus ../shared/corpora/ravdess16k] [--actors 4] [--per-actor 6]
+    .venv/bin/python bench/bench_teacher.py --only quality [--local-model FILE.gguf] [--prompts DIR]
 
 1. Real RAVDESS clips are measured and described (no ASR: the reference transcripts), so each row
    has its cue words. SmolLM2-135M-Instruct is served by llama-cpp-python's server on loopback.
@@ -11,7 +12,15 @@
 3. A whole build with the teacher, then the same build again: the requests the rerun sends (read
    off the server's log) and its time against the first run's (target: zero requests, under 5%).
 
-Prints one table. Peak memory: this process's and the server's (max RSS).
+4. Answer quality, with the default local teacher (sampling, repair and all) on 120 shared RAVDESS clips
+   (all 24 actors, 5 each, both statements; reference transcripts) and on the built-in synthetic corpus
+   (the demo's, transcribed by Whisper as the demo does): the share of rows whose answers are
+   well-formed and grounded, first and after the repair, the repairs asked, invalid-JSON quarantines,
+   the share of rationales whose prose states a measured cue in words (grounding alone does not ask
+   for it), and seconds per clip. `--local-model` and `--prompts` compare another GGUF model or
+   template folder on the same rows.
+
+Prints one table per part. Peak memory: this process's and the server's (max RSS).
 """
 
 from __future__ import annotations
@@ -43,12 +52,22 @@ def make_corpus(src: Path, dst: Path, actors: int, per_actor: int) -> None:
             shutil.copy(clips[min(len(clips) - 1, k * step + 2 * (k % 2))], dst / f"Actor_{a:02d}")
 
 
-def build(corpus: Path, out: Path, teacher: dict[str, Any]) -> float:
+def quality_corpus(src: Path, dst: Path, per_actor: int = 5) -> None:
+    """`per_actor` clips of every actor, spread over the emotions, alternating the two statements."""
+    for actor in sorted(p for p in src.glob("Actor_*") if p.is_dir()):
+        clips = sorted(actor.glob("*.wav"))
+        (dst / actor.name).mkdir(parents=True)
+        step = max(1, len(clips) // per_actor)
+        for k in range(per_actor):
+            shutil.copy(clips[(k * step + 2 * (k % 2)) % len(clips)], dst / actor.name)
+
+
+def build(corpus: Path | None, out: Path, teacher: dict[str, Any], asr: str = "none") -> float:
     from pallm import pipeline
     from pallm.config import BuildConfig
 
-    cfg = BuildConfig.load(None, corpora=[{"name": "ravdess", "path": str(corpus)}], out=out, asr="none",
-                           teacher=teacher, workers=1)  # fmt: skip
+    spec = {"name": "ravdess", "path": str(corpus)} if corpus else {"name": "synthetic"}
+    cfg = BuildConfig.load(None, corpora=[spec], out=out, asr=asr, teacher=teacher, workers=1)
     t0 = time.perf_counter()
     plan = pipeline.plan(cfg)
     pipeline.prepare_output(out)
@@ -104,15 +123,98 @@ def server_peak_mib() -> float:
     return peak
 
 
+def answer_quality(rows: list[dict[str, Any]], teacher: dict[str, Any], cache: Path) -> dict[str, float]:
+    """The teacher stage over described rows; the rates of part 4."""
+    from pallm.config import TeacherConfig
+    from pallm.cues.grounding import check_claims, claims_in_text
+    from pallm.teacher.stage import TeacherStep, model_name
+
+    cfg = TeacherConfig(**teacher)
+    step = TeacherStep(cfg, model_name(cfg), cache)
+    t0 = time.perf_counter()
+    out = step(rows)
+    seconds = time.perf_counter() - t0
+    stats = step.stats
+    step.close()
+    done = [(r, o) for r, o in zip(rows, out, strict=True) if isinstance(o, dict)]
+    n = len(rows)
+
+    def share(test: Any) -> float:
+        return sum(1 for r, o in done if test(r, o)) / n
+
+    return {
+        "clips": n,
+        "well-formed first": share(lambda r, o: o["checks"]["first_well_formed"]),
+        "well-formed": share(lambda r, o: o["checks"]["well_formed"]),
+        "grounded first": share(lambda r, o: o["checks"]["first_grounded"]),
+        "grounded": share(lambda r, o: o["checks"]["grounded"]),
+        "prose states a cue": share(
+            lambda r, o: bool(check_claims(claims_in_text(o["rationale"]), r["cue_words"]).supported)
+        ),
+        "repaired": share(lambda r, o: bool(o["checks"]["repaired"])),
+        "json quarantines": sum(1 for o in out if not isinstance(o, dict) and "JSON" in str(o)),
+        "quarantined": n - len(done),
+        "s/clip": seconds / n,
+        "requests": stats.requests,
+    }
+
+
+def quality(args: argparse.Namespace, work: Path) -> list[Row]:
+    from pallm.teacher.local import llama_server, packaged_gguf
+
+    gguf = args.local_model or packaged_gguf()
+    sets = {}
+    corpus = work / "quality-corpus"
+    quality_corpus(args.corpus, corpus)
+    build(corpus, work / "quality-ravdess", {"backend": "none"})
+    sets["RAVDESS (shared, all actors)"] = described_rows(work / "quality-ravdess")
+    build(None, work / "quality-synthetic", {"backend": "none"}, asr=args.synthetic_asr)
+    sets["synthetic (the demo's corpus)"] = described_rows(work / "quality-synthetic")
+    results = {}
+    with llama_server(gguf, log=work / "quality-server.log") as url:
+        teacher = {"backend": "local", "base_url": url, "model": gguf.stem,
+                   "prompts": str(args.prompts) if args.prompts else None}  # fmt: skip
+        for name, rows in sets.items():
+            results[name] = answer_quality(rows, teacher, work / f"quality-{len(results)}.sqlite")
+    cols = ["clips", "well-formed first", "well-formed", "grounded first", "grounded", "prose states a cue",
+            "repaired", "json quarantines", "s/clip"]  # fmt: skip
+    print(f"answer quality: {gguf.stem}, prompts {args.prompts or 'packaged'}, {os.cpu_count()} CPU cores")
+    print(f"{'':32s} " + " ".join(f"{c:>11.11s}" for c in cols))
+    for name, q in results.items():
+        print(
+            f"{name:32s} "
+            + " ".join(
+                f"{q[c]:11.1%}"
+                if isinstance(q[c], float) and c != "s/clip"
+                else f"{q[c]:11.2f}"
+                if c == "s/clip"
+                else f"{q[c]:11d}"
+                for c in cols
+            )
+        )
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return [Row("teacher", f"well-formed, {name}", f"{q['clips']} clips", q["well-formed"], 0.8, "share",
+                "target", me) for name, q in results.items()]  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     ap.add_argument("--actors", type=int, default=4)
     ap.add_argument("--per-actor", type=int, default=6)
     ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--only", choices=("throughput", "quality"), help="run one part (default: both)")
+    ap.add_argument("--local-model", type=Path, help="quality: another GGUF model to compare")
+    ap.add_argument("--prompts", type=Path, help="quality: another folder of prompt templates to compare")
+    ap.add_argument("--synthetic-asr", default="tiny.en", help="quality: ASR for the synthetic corpus, as the demo")
     add_rows_option(ap)
     args = ap.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if args.only == "quality":
+        work = Path(tempfile.mkdtemp(prefix="bench-teacher-"))
+        write_rows(args.rows, quality(args, work))
+        shutil.rmtree(work, ignore_errors=True)
+        return
 
     from pallm.config import TeacherConfig
     from pallm.teacher.cache import AnswerCache
@@ -185,6 +287,8 @@ def main() -> None:
         Row("teacher", "teacher stage", workload, ours_rate, ref_rate, "tokens/s", "minimal openai client", me),
         Row("teacher", "rerun of a finished build", f"{len(rows)} clips", rerun, first, "s", "first build", me),
     ])  # fmt: skip
+    if args.only is None:
+        write_rows(args.rows, quality(args, work))
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -135,6 +135,18 @@ def _teacher_summary(df: pd.DataFrame, cfg: dict[str, Any]) -> dict[str, Any] | 
         review = int((~checks[list(names)].all(axis=1)).sum())
         per.append({"corpus": corpus, "answered": len(g), **rates, "flagged for review": review})
     usage = pd.DataFrame(list(done["teacher"])) if len(done) else pd.DataFrame()
+    repairs = []
+    if len(done):
+        checks = pd.DataFrame(list(done["checks"])).assign(corpus=list(done["corpus"]),
+                                                           prompts=list(usage["prompt_version"]))  # fmt: skip
+        for (corpus, prompts), g in checks.groupby(["corpus", "prompts"]):
+            asked = g["repaired"].map(lambda r: r is not None and len(r) > 0)
+            repairs.append({
+                "corpus": corpus, "prompt templates": prompts, "answered": len(g), "repaired": int(asked.sum()),
+                **{f"{label} {when}": f"{100 * g[col].fillna(g[base]).mean():.1f}%"
+                   for base, label in (("well_formed", "well-formed"), ("grounded", "grounded"))
+                   for when, col in (("first", f"first_{base}"), ("after repair", base))},
+            })  # fmt: skip
     prompt = int(usage["prompt_tokens"].sum()) if len(usage) else 0
     completion = int(usage["completion_tokens"].sum()) if len(usage) else 0
     pin, pout = cfg.get("price_input_per_mtok"), cfg.get("price_output_per_mtok")
@@ -147,6 +159,9 @@ def _teacher_summary(df: pd.DataFrame, cfg: dict[str, Any]) -> dict[str, Any] | 
         "prompts": sorted(usage["prompt_version"].unique()) if len(usage) else [],
         "per_corpus": pd.DataFrame(per, columns=["corpus", "answered", "grounded", "agrees with gold", "well-formed",
                                                  "flagged for review"]),
+        "repairs": pd.DataFrame(repairs, columns=["corpus", "prompt templates", "answered", "repaired",
+                                                  "well-formed first", "well-formed after repair",
+                                                  "grounded first", "grounded after repair"]),
         "prompt_tokens": prompt, "completion_tokens": completion, "cost": cost,
         "sampling": {k: cfg[k] for k in ("temperature", "top_p", "seed", "max_tokens")},
     }  # fmt: skip

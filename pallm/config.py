@@ -123,6 +123,9 @@ class TeacherConfig(_Strict):
     structured: Literal["auto", "json_schema", "json_object", "off"] = Field(
         "auto", description="structured output: auto tries json_schema, then json_object, then plain prompting"
     )
+    repair: bool = Field(
+        True, description="re-ask once, naming the failed check, for an answer that fails one (kept if no better)"
+    )
     concurrency: int = Field(4, ge=1, description="requests in flight at once, for the whole build")
     timeout_s: float = Field(120.0, gt=0, description="per request")
     retries: int = Field(4, ge=0, description="further tries after a failed request or a malformed answer")

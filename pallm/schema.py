@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SAMPLE_RATE = 16_000
 
 AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -32,7 +32,8 @@ TEACHER_TYPE = pa.struct(
 )  # fmt: skip
 CHECKS_TYPE = pa.struct(
     [("grounded", pa.bool_()), ("agrees", pa.bool_()), ("well_formed", pa.bool_()),
-     ("unsupported_cues", FLAGS_TYPE), ("problems", FLAGS_TYPE)]
+     ("unsupported_cues", FLAGS_TYPE), ("problems", FLAGS_TYPE), ("repaired", FLAGS_TYPE),
+     ("first_grounded", pa.bool_()), ("first_well_formed", pa.bool_())]
 )  # fmt: skip
 
 
@@ -128,7 +129,12 @@ COLUMNS: tuple[Column, ...] = (
     Column("reply", pa.string(), True, "a reply to the speaker that fits their tone"),
     Column("words_only_reply", pa.string(), True, "the reply one would give reading the transcript alone"),
     Column("teacher", TEACHER_TYPE, True, "backend, model, prompt versions and token usage of the answers"),
-    Column("checks", CHECKS_TYPE, True, "grounded, agrees (teacher_label = emotion), well_formed; what failed"),
+    Column(
+        "checks",
+        CHECKS_TYPE,
+        True,
+        "grounded, agrees (teacher_label = emotion), well_formed; what failed; tasks re-asked, verdict before",
+    ),
     Column("schema_version", pa.int32(), False, "version of this schema"),
 )
 

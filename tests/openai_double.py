@@ -116,7 +116,7 @@ def task_of(body: dict[str, Any]) -> str:
         return "understand"
     if "Which emotion" in text:
         return "judge"
-    return "words_only" if "Message:" in text else "reply"
+    return "reply" if "how they feel" in text else "words_only"
 
 
 def answer_for(task: str, body: dict[str, Any]) -> dict[str, Any] | str:
@@ -220,7 +220,10 @@ class _Handler(BaseHTTPRequestHandler):
         answer = answer_for(task, body)
         content = answer if isinstance(answer, str) else json.dumps(answer)
         finish = "stop"
-        if fault == "control_char":  # a raw newline and tab inside a string, as some servers send
+        if fault == "echo":  # a valid answer that fails a check: its text only repeats what was said
+            said = re.search(r'Said: "(.*)"', body["messages"][-1]["content"])
+            content = json.dumps({**answer, "rationale": said.group(1) if said else "..."})
+        elif fault == "control_char":  # a raw newline and tab inside a string, as some servers send
             content = content.replace(", which", ",\n\twhich", 1) if task == "understand" else content
         elif fault == "invalid_json":
             content = content[: len(content) // 2]

@@ -58,6 +58,29 @@ def test_templates_are_versioned_files_with_every_task(tmp_path: Path) -> None:
         load_template(tmp_path / "bad.yaml")
 
 
+def test_each_prompt_shows_the_worked_example_closest_to_its_clip() -> None:
+    import json
+
+    from pallm.cues.grounding import check_claims
+
+    understand = templates()["understand"]
+    # Every example is grounded in its own cues: a model that copies its wording states what was measured.
+    for ex in understand.examples:
+        answer = json.loads(ex["answer"])
+        claims = [*answer["cited_cues"], *claims_in_text(answer["rationale"])]
+        assert check_claims(claims, ex["cue_words"]).grounded, ex
+        # ... and says each that stands out in words the grounding check reads (the usual levels claim nothing)
+        stands_out = [c for c in ex["cue_words"] if c.split(": ")[1] not in ("mid", "normal")]
+        assert sorted(claims_in_text(answer["rationale"])) == sorted(stands_out), ex
+    # The example shown is the one whose measured pitch and loudness are the clip's.
+    for pitch, loudness in (("low", "quiet"), ("high", "loud"), ("mid", "normal")):
+        cues = [f"pitch: {pitch}", "pitch range: wide", f"loudness: {loudness}", "rate: fast"]
+        shown = understand.example_for({"transcript": "Kids are talking by the door", "cue_words": cues})
+        assert shown is not None and set(shown["cue_words"]) <= set(cues), (cues, shown)
+        system = understand.messages(transcript="x", cue_words=cues, emotion="sad", sentiment="negative")[0]
+        assert shown["said"] in system["content"] and "{{" not in system["content"]
+
+
 def test_answer_schemas_and_validation() -> None:
     emotions = corpus_emotions("ravdess")
     schema = json_schema("understand", emotions, gold=("angry", "negative"), cues=MEASURED)

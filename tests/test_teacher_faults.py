@@ -12,6 +12,7 @@ from openai_double import FAULTS, Double, serve
 from reliability import Ledger
 from teacher_helpers import build, quarantined, rows, small_tree
 
+from pallm.lexical import text_of
 from pallm.teacher.client import TeacherFatal
 
 # Short timeouts and backoff keep the tests fast; the logic is the same at any scale.
@@ -118,6 +119,54 @@ def test_a_new_prompt_version_re_asks_only_that_prompt(corpus: tuple[Path, list[
         build(root, out, {**FAST, "base_url": d2.base_url, "prompts": str(prompts)})
     assert sorted(s.task for s in d2.seen) == ["reply"] * len(ids)
     assert all("reply@2" in r["teacher"]["prompt_version"] for r in rows(out))
+    words = prompts / "words_only.yaml"
+    words.write_text(words.read_text().replace('version: "2"', 'version: "3"').replace("one or two", "two"))
+    with serve() as d3:
+        build(root, out, {**FAST, "base_url": d3.base_url, "prompts": str(prompts)})
+    distinct = len({text_of(r) for r in rows(out)})  # the words-only prompt sees the words alone
+    assert sorted(s.task for s in d3.seen) == ["words_only"] * distinct
+
+
+REPAIR_NOTE = "A first answer to this failed a check"
+
+
+def test_a_failing_answer_is_asked_again_once_and_both_answers_are_cached(
+    corpus: tuple[Path, list[str]], tmp_path: Path
+) -> None:  # fmt: skip
+    root, ids = corpus
+
+    def echo_first(task: str, body: dict) -> str | None:
+        return "echo" if task == "understand" and REPAIR_NOTE not in body["messages"][-1]["content"] else None
+
+    with serve(Double(fault_for=echo_first)) as d:
+        build(root, tmp_path / "out", {**FAST, "base_url": d.base_url})
+    understand = [s for s in d.seen if s.task == "understand"]
+    assert len(understand) == 2 * len(ids) and sum(s.fault == "echo" for s in understand) == len(ids)
+    got = rows(tmp_path / "out")
+    for r in got:
+        assert r["rationale"] != text_of(r) and ", which fits" in r["rationale"]
+        assert r["checks"]["repaired"] == ["understand"] and r["checks"]["well_formed"]
+        assert r["checks"]["first_well_formed"] is False
+        assert r["teacher"]["prompt_tokens"] == (TASKS + 1) * 100  # both answers are paid for
+    card = (tmp_path / "out" / "README.md").read_text()
+    line = next(x for x in card.splitlines() if x.startswith("| ravdess | understand@"))
+    assert line.split(" | ")[2:5] == [str(len(ids)), str(len(ids)), "0.0%"], line  # answered, repaired, before
+    with serve() as d2:
+        build(root, tmp_path / "out", {**FAST, "base_url": d2.base_url})
+    assert d2.seen == [], "a rerun asked again what the cache holds (both answers)"
+
+
+def test_an_answer_that_fails_its_repair_too_is_kept_and_flagged(
+    corpus: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    root, ids = corpus
+    with serve(Double(fault_for=lambda task, body: "echo" if task == "understand" else None)) as d:
+        build(root, tmp_path / "out", {**FAST, "base_url": d.base_url})
+    assert sum(s.task == "understand" for s in d.seen) == 2 * len(ids), "the repair is asked once, not again"
+    for r in rows(tmp_path / "out"):
+        assert r["rationale"] == text_of(r) and not r["checks"]["well_formed"]
+        assert r["checks"]["repaired"] == [] and "teacher_malformed" in r["flags"]
+        assert "the rationale only repeats what was said" in r["checks"]["problems"]
 
 
 def test_a_raw_control_character_in_an_answer_is_read_not_retried(

@@ -28,8 +28,9 @@ class _Answer(BaseModel):
 
 
 class Understanding(_Answer):
-    rationale: str = Field(min_length=1)
+    # The cues come first: a small model then writes its rationale with the cues it cited in view.
     cited_cues: list[str] = Field(max_length=12)
+    rationale: str = Field(min_length=1)
     emotion: str
     sentiment: str
 

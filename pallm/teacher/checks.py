@@ -1,7 +1,8 @@
 """Checks on every teacher answer: grounding, label agreement, format.
 
 Failing items are kept, with the verdict in `checks` and a flag for the review queue; the data
-card reports the rates. Grounding applies the one rule of `pallm.cues.grounding`.
+card reports the rates. Grounding applies the one rule of `pallm.cues.grounding`. `failures` says
+what is wrong with each task's answer, in words the repair request can quote back to the teacher.
 """
 
 from __future__ import annotations
@@ -10,13 +11,64 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from pallm.cues.grounding import check_claims, claims_in_text
+from pallm.cues.grounding import Grounding, check_claims, claims_in_text, cue_name, normalize_cue
 
 MIN_RATIONALE_WORDS = 8
 MIN_COPY_WORDS = 5  # shorter answers ("thanks, I will") may match an example by chance
 #: A template slot copied instead of filled in: "<your reply>", "[emotion]", "...".
 PLACEHOLDER = re.compile(r"<[^<>]{1,40}>|\[[a-z _-]{1,30}\]|^\s*\.\.\.\s*$")
 FLAGS = {"grounded": "teacher_ungrounded", "agrees": "teacher_disagrees", "well_formed": "teacher_malformed"}
+#: The tasks whose answers are checked for form (the blind judgement is checked for agreement only).
+_TEXTS = {"understand": ("rationale", "rationale"), "reply": ("reply", "reply"),
+          "words_only": ("reply", "words-only reply")}  # fmt: skip
+
+
+def grounding(row: dict[str, Any], understanding: dict[str, Any]) -> Grounding:
+    """The grounding verdict on an understanding answer: its cited cues and the cues its prose claims."""
+    claims = [*understanding["cited_cues"], *claims_in_text(understanding["rationale"])]
+    return check_claims(claims, row.get("cue_words") or [])
+
+
+def form_problems(row: dict[str, Any], task: str, answer: dict[str, Any], examples: Sequence[str] = ()) -> list[str]:
+    """What is wrong with the form of one task's answer (empty when nothing is)."""
+    if task not in _TEXTS:
+        return []
+    key, name = _TEXTS[task]
+    text = answer[key]
+    problems = []
+    if task == "understand":
+        if not answer["cited_cues"]:
+            problems.append("the rationale cites no cue")
+        if answer["emotion"].strip().lower() != row["emotion"]:
+            problems.append(f"the rationale concludes {answer['emotion']!r}, not the gold {row['emotion']!r}")
+        if len(text.split()) < MIN_RATIONALE_WORDS:
+            problems.append(f"the rationale has fewer than {MIN_RATIONALE_WORDS} words")
+    elif len(text.split()) < 2:
+        problems.append(f"the {name} is under two words")
+    said = _words(row.get("transcript") or row.get("transcript_ref") or "")
+    if said and _words(text) == said:
+        problems.append(f"the {name} only repeats what was said")
+    copied = len(_words(text)) >= MIN_COPY_WORDS and any(
+        " ".join(_words(text)) in " ".join(_words(e)) for e in examples
+    )
+    if copied:
+        problems.append(f"the {name} copies the prompt's example")
+    if PLACEHOLDER.search(text):
+        problems.append(f"the {name} holds placeholder text ({PLACEHOLDER.search(text).group(0)})")
+    return problems
+
+
+def failures(row: dict[str, Any], task: str, answer: dict[str, Any], examples: Sequence[str] = ()) -> list[str]:
+    """Every check one task's answer fails, said so that the teacher can fix it: the form problems,
+    and for the rationale each claim the measurement does not support, with what was measured."""
+    found = form_problems(row, task, answer, examples)
+    if task == "understand":
+        measured = {cue_name(c): c for c in row.get("cue_words") or []}
+        for claim in grounding(row, answer).failed:
+            was = measured.get(cue_name(claim)) if cue_name(claim) != "emphasis" else None
+            found.append(f"it says {claim!r}, but the measured cue is {normalize_cue(was)!r}" if was
+                         else f"it says {claim!r}, which was not measured")  # fmt: skip
+    return found
 
 
 def check_answers(
@@ -24,39 +76,15 @@ def check_answers(
 ) -> dict[str, Any]:
     """The `checks` value for a row's four answers (understand, judge, reply, words_only).
 
-    `examples` are the prompts' worked examples: an answer that copies one is not well-formed.
+    `examples` are the worked examples the row's prompts showed: an answer that copies one is not well-formed.
     """
-    und = answers["understand"]
-    claims = [*und["cited_cues"], *claims_in_text(und["rationale"])]
-    grounding = check_claims(claims, row.get("cue_words") or [])
-    problems = []
-    if not und["cited_cues"]:
-        problems.append("the rationale cites no cue")
-    if und["emotion"].strip().lower() != row["emotion"]:
-        problems.append(f"the rationale concludes {und['emotion']!r}, not the gold {row['emotion']!r}")
-    if len(und["rationale"].split()) < MIN_RATIONALE_WORDS:
-        problems.append(f"the rationale has fewer than {MIN_RATIONALE_WORDS} words")
-    for task in ("reply", "words_only"):
-        if len(answers[task]["reply"].split()) < 2:
-            problems.append(f"the {task.replace('_', '-')} reply is under two words")
-    texts = {"rationale": und["rationale"], "reply": answers["reply"]["reply"],
-             "words-only reply": answers["words_only"]["reply"]}  # fmt: skip
-    said = _words(row.get("transcript") or row.get("transcript_ref") or "")
-    for name, text in texts.items():
-        if said and _words(text) == said:
-            problems.append(f"the {name} only repeats what was said")
-        copied = len(_words(text)) >= MIN_COPY_WORDS and any(
-            " ".join(_words(text)) in " ".join(_words(e)) for e in examples
-        )
-        if copied:
-            problems.append(f"the {name} copies the prompt's example")
-        if PLACEHOLDER.search(text):
-            problems.append(f"the {name} holds placeholder text ({PLACEHOLDER.search(text).group(0)})")
+    problems = [p for task in _TEXTS for p in form_problems(row, task, answers[task], examples)]
+    verdict = grounding(row, answers["understand"])
     return {
-        "grounded": grounding.grounded,
+        "grounded": verdict.grounded,
         "agrees": answers["judge"]["emotion"] == row["emotion"],
         "well_formed": not problems,
-        "unsupported_cues": list(grounding.failed),
+        "unsupported_cues": list(verdict.failed),
         "problems": problems,
     }
 

@@ -28,11 +28,11 @@ from pallm.stages import Row, Stage
 from pallm.teacher import batch, rules
 from pallm.teacher.answers import json_schema
 from pallm.teacher.cache import Answer, AnswerCache, request_key
-from pallm.teacher.checks import check_answers, review_flags
+from pallm.teacher.checks import check_answers, failures, review_flags
 from pallm.teacher.client import Request, Stats, TeacherClient
 from pallm.teacher.prompts import PROMPTS_DIR, TASKS, PromptTemplate, templates
 
-VERSION = "2"  # 2: the understanding schema cites only the clip's own cues; control characters read
+VERSION = "3"  # 3: one repair per failing answer; 2: only the clip's own cues cited, control characters read
 COLUMNS = ("rationale", "cited_cues", "teacher_label", "reply", "words_only_reply", "teacher", "checks")
 T = TypeVar("T")
 
@@ -44,6 +44,7 @@ class TeacherIdentity(BaseModel):
     model: str
     prompts: list[str]
     sampling: dict[str, Any]
+    repair: bool
 
 
 def evidence(row: Row) -> dict[str, Any]:
@@ -91,7 +92,9 @@ class TeacherStep:
 
     def __call__(self, rows: list[Row]) -> list[Row | ItemError]:
         if self.cfg.backend == "rules":
-            answers = [self._rules(r) for r in rows]
+            answers: list[tuple[dict[str, Answer], dict[str, Answer]] | ItemError] = [
+                (a, a) for a in map(self._rules, rows)
+            ]
         else:
             answers = self._ask(rows)
         return [a if isinstance(a, ItemError) else self._columns(r, a) for r, a in zip(rows, answers, strict=True)]
@@ -108,24 +111,56 @@ class TeacherStep:
             out.append(Request(task, tpl.version, messages, schema, tuple(ev["emotions"]), tpl.max_tokens, key))
         return out
 
-    def _ask(self, rows: list[Row]) -> list[dict[str, Answer] | ItemError]:
+    def _ask(self, rows: list[Row]) -> list[tuple[dict[str, Answer], dict[str, Answer]] | ItemError]:
+        """Each row's answers after repair, with its first answers; or the error that quarantines it."""
         per_row = [self.requests(r) for r in rows]
         # Task by task, not row by row: consecutive requests then share their long prefix (system
         # message and instructions), which servers such as llama.cpp reuse instead of re-reading.
         flat = [qs[t] for t in range(len(TASKS)) for qs in per_row]
-        client = self._ensure_client()
-        if self.cfg.batch_api:
-            self._run(batch.prefill(client, flat, self.cfg.batch_poll_s))
-        answers = dict(zip((q.key for q in flat), self._run(client.ask_all(flat)), strict=True))
-        out: list[dict[str, Answer] | ItemError] = []
-        for qs in per_row:
-            got = [answers[q.key] for q in qs]
-            errors = [g for g in got if isinstance(g, str)]
+        got = self._answers(flat)
+        out: list[tuple[dict[str, Answer], dict[str, Answer]] | ItemError] = []
+        repairs: list[tuple[int, Request, list[str]]] = []
+        for i, (row, qs) in enumerate(zip(rows, per_row, strict=True)):
+            answers = [got[q.key] for q in qs]
+            errors = [a for a in answers if isinstance(a, str)]
             if errors:
                 out.append(ItemError(f"teacher failed after {self.cfg.retries + 1} tries: {errors[-1]}"))
-            else:
-                out.append({q.task: g for q, g in zip(qs, got, strict=True)})
+                continue
+            first = {q.task: a for q, a in zip(qs, answers, strict=True) if isinstance(a, Answer)}
+            out.append((dict(first), first))
+            if self.cfg.repair:
+                examples = [q.messages[0]["content"] for q in qs]
+                for q in qs:
+                    if found := failures(row, q.task, first[q.task].data, examples):
+                        repairs.append((i, self._repair(q, found), found))
+        if repairs:
+            again = self._answers([q for _, q, _ in repairs])
+            for i, q, found in repairs:
+                answer = again[q.key]
+                entry = out[i]
+                assert not isinstance(entry, ItemError)
+                # The second answer replaces the first only when it fails fewer checks; a failed
+                # repair request costs the row nothing.
+                examples = [m.messages[0]["content"] for m in per_row[i]]
+                if isinstance(answer, Answer) and len(failures(rows[i], q.task, answer.data, examples)) < len(found):
+                    entry[0][q.task] = answer
         return out
+
+    def _repair(self, q: Request, found: list[str]) -> Request:
+        """The request that asks again once, naming what the first answer got wrong; cached like any other.
+
+        The failed answer itself is not shown: a small model shown its answer writes it again."""
+        note = f"\n\nA first answer to this failed a check: {'; '.join(found)}. Do not make that mistake."
+        *head, user = q.messages
+        messages = [*head, {**user, "content": user["content"] + note}]
+        key = request_key(q.task, f"{q.version}+repair", self.model, self.cfg.sampling(), q.schema, messages)
+        return Request(q.task, q.version, messages, q.schema, q.emotions, q.max_tokens, key)
+
+    def _answers(self, requests: list[Request]) -> dict[str, Answer | str]:
+        client = self._ensure_client()
+        if self.cfg.batch_api:
+            self._run(batch.prefill(client, requests, self.cfg.batch_poll_s))
+        return dict(zip((q.key for q in requests), self._run(client.ask_all(requests)), strict=True))
 
     def _rules(self, row: Row) -> dict[str, Answer]:
         ev = evidence(row)
@@ -137,11 +172,18 @@ class TeacherStep:
         }
         return {task: Answer(d, 0, 0) for task, d in data.items()}
 
-    def _columns(self, row: Row, answers: dict[str, Answer]) -> Row:
+    def _columns(self, row: Row, answered: tuple[dict[str, Answer], dict[str, Answer]]) -> Row:
+        answers, first = answered
         data = {task: a.data for task, a in answers.items()}
-        checks = check_answers(row, data, [t.system for t in self.templates.values()])
+        # The worked examples this row's prompts showed: an answer that copies one is caught.
+        examples = [q.messages[0]["content"] for q in self.requests(row)] if self.cfg.backend != "rules" else []
+        checks = check_answers(row, data, examples)
+        before = check_answers(row, {task: a.data for task, a in first.items()}, examples)
+        checks["repaired"] = [t for t in TASKS if answers[t] is not first[t]]
+        checks["first_grounded"], checks["first_well_formed"] = before["grounded"], before["well_formed"]
         flags = list(row.get("flags") or [])
         flags += [f for f in review_flags(checks) if f not in flags]
+        spent = [*first.values(), *(answers[t] for t in checks["repaired"])]  # a repair costs both answers
         return {
             "rationale": data["understand"]["rationale"],
             "cited_cues": data["understand"]["cited_cues"],
@@ -152,8 +194,8 @@ class TeacherStep:
                 "backend": self.cfg.backend,
                 "model": self.model,
                 "prompt_version": self.prompt_version,
-                "prompt_tokens": sum(a.prompt_tokens for a in answers.values()),
-                "completion_tokens": sum(a.completion_tokens for a in answers.values()),
+                "prompt_tokens": sum(a.prompt_tokens for a in spent),
+                "completion_tokens": sum(a.completion_tokens for a in spent),
             },
             "checks": checks,
             "flags": flags,
@@ -218,7 +260,7 @@ def teacher_stage(cfg: TeacherConfig, cache_path: Path, *, with_words: bool) -> 
     step = TeacherStep(cfg, model, cache_path)
     identity = TeacherIdentity(
         backend=cfg.backend, model=model, prompts=step.prompt_version.split(),
-        sampling=cfg.sampling() if cfg.backend != "rules" else {},
+        sampling=cfg.sampling() if cfg.backend != "rules" else {}, repair=cfg.repair and cfg.backend != "rules",
     )  # fmt: skip
     return Stage(
         name="teacher",
