@@ -13,7 +13,7 @@
    off the server's log) and its time against the first run's (target: zero requests, under 5%).
 
 4. Answer quality, with the default local teacher (sampling, repair and all) on 120 shared RAVDESS clips
-   (all 24 actors, 5 each, both statements; reference transcripts) and on the built-in synthetic corpus
+   (all 20 shared actors, 6 each, both statements; reference transcripts) and on the built-in synthetic corpus
    (the demo's, transcribed by Whisper as the demo does): the share of rows whose answers are
    well-formed and grounded, first and after the repair, the repairs asked, invalid-JSON quarantines,
    the share of rationales whose prose states a measured cue in words (grounding alone does not ask
@@ -165,7 +165,7 @@ def quality(args: argparse.Namespace, work: Path) -> list[Row]:
     gguf = args.local_model or packaged_gguf()
     sets = {}
     corpus = work / "quality-corpus"
-    quality_corpus(args.corpus, corpus)
+    quality_corpus(args.corpus, corpus, args.quality_per_actor)
     build(corpus, work / "quality-ravdess", {"backend": "none"})
     sets["RAVDESS (shared, all actors)"] = described_rows(work / "quality-ravdess")
     build(None, work / "quality-synthetic", {"backend": "none"}, asr=args.synthetic_asr)
@@ -206,6 +206,7 @@ def main() -> None:
     ap.add_argument("--only", choices=("throughput", "quality"), help="run one part (default: both)")
     ap.add_argument("--local-model", type=Path, help="quality: another GGUF model to compare")
     ap.add_argument("--prompts", type=Path, help="quality: another folder of prompt templates to compare")
+    ap.add_argument("--quality-per-actor", type=int, default=6, help="quality: RAVDESS clips per actor")
     ap.add_argument("--synthetic-asr", default="tiny.en", help="quality: ASR for the synthetic corpus, as the demo")
     add_rows_option(ap)
     args = ap.parse_args()

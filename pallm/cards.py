@@ -154,7 +154,7 @@ def _teacher_summary(df: pd.DataFrame, cfg: dict[str, Any]) -> dict[str, Any] | 
     if cost is not None and cfg.get("batch_api"):
         cost /= 2  # batch APIs bill half
     return {
-        "backend": cfg["backend"], "rules": cfg["backend"] == "rules",
+        "backend": cfg["backend"], "rules": cfg["backend"] == "rules", "repair": bool(cfg.get("repair")),
         "models": sorted(usage["model"].unique()) if len(usage) else [],
         "prompts": sorted(usage["prompt_version"].unique()) if len(usage) else [],
         "per_corpus": pd.DataFrame(per, columns=["corpus", "answered", "grounded", "agrees with gold", "well-formed",
