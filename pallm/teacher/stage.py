@@ -15,7 +15,7 @@ import os
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from pydantic import BaseModel
 
@@ -35,6 +35,15 @@ from pallm.teacher.prompts import PROMPTS_DIR, TASKS, PromptTemplate, templates
 VERSION = "3"  # 3: one repair per failing answer; 2: only the clip's own cues cited, control characters read
 COLUMNS = ("rationale", "cited_cues", "teacher_label", "reply", "words_only_reply", "teacher", "checks")
 T = TypeVar("T")
+
+
+class Answered(NamedTuple):
+    """A row's answers: after repair, as first given, every repair answer (used or not), the examples shown."""
+
+    final: dict[str, Answer]
+    first: dict[str, Answer]
+    repairs: list[Answer]
+    examples: list[str]
 
 
 class TeacherIdentity(BaseModel):
@@ -92,9 +101,7 @@ class TeacherStep:
 
     def __call__(self, rows: list[Row]) -> list[Row | ItemError]:
         if self.cfg.backend == "rules":
-            answers: list[tuple[dict[str, Answer], dict[str, Answer]] | ItemError] = [
-                (a, a) for a in map(self._rules, rows)
-            ]
+            answers: list[Answered | ItemError] = [Answered(a, a, [], []) for a in map(self._rules, rows)]
         else:
             answers = self._ask(rows)
         return [a if isinstance(a, ItemError) else self._columns(r, a) for r, a in zip(rows, answers, strict=True)]
@@ -111,14 +118,14 @@ class TeacherStep:
             out.append(Request(task, tpl.version, messages, schema, tuple(ev["emotions"]), tpl.max_tokens, key))
         return out
 
-    def _ask(self, rows: list[Row]) -> list[tuple[dict[str, Answer], dict[str, Answer]] | ItemError]:
+    def _ask(self, rows: list[Row]) -> list[Answered | ItemError]:
         """Each row's answers after repair, with its first answers; or the error that quarantines it."""
         per_row = [self.requests(r) for r in rows]
         # Task by task, not row by row: consecutive requests then share their long prefix (system
         # message and instructions), which servers such as llama.cpp reuse instead of re-reading.
         flat = [qs[t] for t in range(len(TASKS)) for qs in per_row]
         got = self._answers(flat)
-        out: list[tuple[dict[str, Answer], dict[str, Answer]] | ItemError] = []
+        out: list[Answered | ItemError] = []
         repairs: list[tuple[int, Request, list[str]]] = []
         for i, (row, qs) in enumerate(zip(rows, per_row, strict=True)):
             answers = [got[q.key] for q in qs]
@@ -127,23 +134,23 @@ class TeacherStep:
                 out.append(ItemError(f"teacher failed after {self.cfg.retries + 1} tries: {errors[-1]}"))
                 continue
             first = {q.task: a for q, a in zip(qs, answers, strict=True) if isinstance(a, Answer)}
-            out.append((dict(first), first))
+            examples = [q.messages[0]["content"] for q in qs]  # the worked examples these prompts showed
+            out.append(Answered(dict(first), first, [], examples))
             if self.cfg.repair:
-                examples = [q.messages[0]["content"] for q in qs]
                 for q in qs:
                     if found := failures(row, q.task, first[q.task].data, examples):
                         repairs.append((i, self._repair(q, found), found))
         if repairs:
             again = self._answers([q for _, q, _ in repairs])
             for i, q, found in repairs:
-                answer = again[q.key]
-                entry = out[i]
+                answer, entry = again[q.key], out[i]
                 assert not isinstance(entry, ItemError)
-                # The second answer replaces the first only when it fails fewer checks; a failed
-                # repair request costs the row nothing.
-                examples = [m.messages[0]["content"] for m in per_row[i]]
-                if isinstance(answer, Answer) and len(failures(rows[i], q.task, answer.data, examples)) < len(found):
-                    entry[0][q.task] = answer
+                if not isinstance(answer, Answer):
+                    continue  # a failed repair request costs the row nothing: it keeps its first answer
+                entry.repairs.append(answer)
+                # The second answer replaces the first only when it fails fewer checks.
+                if len(failures(rows[i], q.task, answer.data, entry.examples)) < len(found):
+                    entry.final[q.task] = answer
         return out
 
     def _repair(self, q: Request, found: list[str]) -> Request:
@@ -172,18 +179,16 @@ class TeacherStep:
         }
         return {task: Answer(d, 0, 0) for task, d in data.items()}
 
-    def _columns(self, row: Row, answered: tuple[dict[str, Answer], dict[str, Answer]]) -> Row:
-        answers, first = answered
+    def _columns(self, row: Row, answered: Answered) -> Row:
+        answers, first = answered.final, answered.first
         data = {task: a.data for task, a in answers.items()}
-        # The worked examples this row's prompts showed: an answer that copies one is caught.
-        examples = [q.messages[0]["content"] for q in self.requests(row)] if self.cfg.backend != "rules" else []
-        checks = check_answers(row, data, examples)
-        before = check_answers(row, {task: a.data for task, a in first.items()}, examples)
+        checks = check_answers(row, data, answered.examples)  # an answer that copies its example is caught
+        before = check_answers(row, {task: a.data for task, a in first.items()}, answered.examples)
         checks["repaired"] = [t for t in TASKS if answers[t] is not first[t]]
         checks["first_grounded"], checks["first_well_formed"] = before["grounded"], before["well_formed"]
         flags = list(row.get("flags") or [])
         flags += [f for f in review_flags(checks) if f not in flags]
-        spent = [*first.values(), *(answers[t] for t in checks["repaired"])]  # a repair costs both answers
+        spent = [*first.values(), *answered.repairs]  # every repair asked is paid for, used or not
         return {
             "rationale": data["understand"]["rationale"],
             "cited_cues": data["understand"]["cited_cues"],
