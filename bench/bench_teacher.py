@@ -43,23 +43,16 @@ from results import Row, add_rows_option, write_rows  # noqa: E402 - run as a sc
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "ravdess16k"
 
 
-def make_corpus(src: Path, dst: Path, actors: int, per_actor: int) -> None:
-    for a in range(1, actors + 1):
-        clips = sorted((src / f"Actor_{a:02d}").glob("*.wav"))
-        (dst / f"Actor_{a:02d}").mkdir(parents=True)
-        step = max(1, len(clips) // per_actor)
-        for k in range(per_actor):
-            shutil.copy(clips[min(len(clips) - 1, k * step + 2 * (k % 2))], dst / f"Actor_{a:02d}")
-
-
-def quality_corpus(src: Path, dst: Path, per_actor: int = 5) -> None:
-    """`per_actor` clips of every actor, spread over the emotions, alternating the two statements."""
-    for actor in sorted(p for p in src.glob("Actor_*") if p.is_dir()):
+def make_corpus(src: Path, dst: Path, actors: int | None, per_actor: int) -> None:
+    """`per_actor` clips of each of the first `actors` actors (None: all), spread over the emotions,
+    alternating the two statements."""
+    folders = sorted(p for p in src.glob("Actor_*") if p.is_dir())
+    for actor in folders[:actors]:
         clips = sorted(actor.glob("*.wav"))
         (dst / actor.name).mkdir(parents=True)
         step = max(1, len(clips) // per_actor)
         for k in range(per_actor):
-            shutil.copy(clips[(k * step + 2 * (k % 2)) % len(clips)], dst / actor.name)
+            shutil.copy(clips[min(len(clips) - 1, k * step + 2 * (k % 2))], dst / actor.name)
 
 
 def build(corpus: Path | None, out: Path, teacher: dict[str, Any], asr: str = "none") -> float:
@@ -134,7 +127,6 @@ def answer_quality(rows: list[dict[str, Any]], teacher: dict[str, Any], cache: P
     t0 = time.perf_counter()
     out = step(rows)
     seconds = time.perf_counter() - t0
-    stats = step.stats
     step.close()
     done = [(r, o) for r, o in zip(rows, out, strict=True) if isinstance(o, dict)]
     n = len(rows)
@@ -153,10 +145,14 @@ def answer_quality(rows: list[dict[str, Any]], teacher: dict[str, Any], cache: P
         ),
         "repaired": share(lambda r, o: bool(o["checks"]["repaired"])),
         "json quarantines": sum(1 for o in out if not isinstance(o, dict) and "JSON" in str(o)),
-        "quarantined": n - len(done),
         "s/clip": seconds / n,
-        "requests": stats.requests,
     }
+
+
+def _cell(column: str, value: float) -> str:
+    if column == "s/clip":
+        return f"{value:11.2f}"
+    return f"{value:11d}" if isinstance(value, int) else f"{value:11.1%}"
 
 
 def quality(args: argparse.Namespace, work: Path) -> list[Row]:
@@ -165,7 +161,7 @@ def quality(args: argparse.Namespace, work: Path) -> list[Row]:
     gguf = args.local_model or packaged_gguf()
     sets = {}
     corpus = work / "quality-corpus"
-    quality_corpus(args.corpus, corpus, args.quality_per_actor)
+    make_corpus(args.corpus, corpus, None, args.quality_per_actor)
     build(corpus, work / "quality-ravdess", {"backend": "none"})
     sets["RAVDESS (shared, all actors)"] = described_rows(work / "quality-ravdess")
     build(None, work / "quality-synthetic", {"backend": "none"}, asr=args.synthetic_asr)
@@ -181,17 +177,7 @@ def quality(args: argparse.Namespace, work: Path) -> list[Row]:
     print(f"answer quality: {gguf.stem}, prompts {args.prompts or 'packaged'}, {os.cpu_count()} CPU cores")
     print(f"{'':32s} " + " ".join(f"{c:>11.11s}" for c in cols))
     for name, q in results.items():
-        print(
-            f"{name:32s} "
-            + " ".join(
-                f"{q[c]:11.1%}"
-                if isinstance(q[c], float) and c != "s/clip"
-                else f"{q[c]:11.2f}"
-                if c == "s/clip"
-                else f"{q[c]:11d}"
-                for c in cols
-            )
-        )
+        print(f"{name:32s} " + " ".join(_cell(c, q[c]) for c in cols))
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return [Row("teacher", f"well-formed, {name}", f"{q['clips']} clips", q["well-formed"], 0.8, "share",
                 "target", me) for name, q in results.items()]  # fmt: skip
