@@ -15,7 +15,7 @@ from pallm.cues.grounding import check_claims, claims_in_text
 from pallm.labels import corpus_emotions
 from pallm.teacher import rules
 from pallm.teacher.answers import MalformedAnswer, json_schema, parse
-from pallm.teacher.checks import check_answers
+from pallm.teacher.checks import check_answers, form_problems
 from pallm.teacher.prompts import TASKS, load_template, templates
 
 MEASURED = ["pitch: high", "pitch range: normal", "loudness: loud", "rate: normal", "emphasis on 'door'"]
@@ -121,6 +121,39 @@ def test_checks_flag_what_fails() -> None:
     assert any("placeholder" in p for p in c["problems"]) and any("repeats" in p for p in c["problems"])
     assert not check_answers(row, {**good, "reply": {"reply": "Shall I close the door?"}}, ["Shall I close the "
                              "door?"])["well_formed"]  # fmt: skip
+
+
+def test_an_answer_that_reads_back_its_repair_request_fails() -> None:
+    from pallm.teacher.stage import repair_note
+
+    row = {"emotion": "angry", "cue_words": MEASURED, "transcript": "Kids are talking by the door"}
+    note = repair_note(["the words-only reply only repeats what was said"])
+    # What SmolLM2 answered when the note sat in the user's turn: a paraphrase, not a copy of the whole note.
+    echo = {"reply": "A first answer to this failed a check: the words only repeat what was said."}
+    assert form_problems(row, "words_only", echo) == []  # without the note nothing is wrong with its form
+    found = form_problems(row, "words_only", echo, notes=[note])
+    assert found == ["the words-only reply repeats the request to fix it"]
+    fine = {"reply": "Are they? Shall I close the door?"}
+    assert form_problems(row, "words_only", fine, notes=[note]) == []
+
+
+REPEATS = ["Kids are talking by the door.", "Oh, kids are talking by the door.", "Kids are talking by the door?",
+           "Kids are talking by the door. Answer: yes."]  # fmt: skip
+ANSWERS = ["Why are the kids talking by the door?", "Kids are talking? Shall I go and see?",
+           "Kids are talking by the door. They must be waiting for the bus."]  # fmt: skip
+
+
+@pytest.mark.parametrize("reply", REPEATS)
+def test_a_reply_made_of_what_was_said_repeats_it(reply: str) -> None:
+    """SmolLM2's words-only replies to a RAVDESS sentence: the sentence, dressed up or not, is no reply."""
+    row = {"emotion": "calm", "transcript": "Kids are talking by the door"}
+    assert form_problems(row, "words_only", {"reply": reply}) == ["the words-only reply only repeats what was said"]
+
+
+@pytest.mark.parametrize("reply", ANSWERS)
+def test_a_reply_that_answers_the_words_does_not_repeat_them(reply: str) -> None:
+    row = {"emotion": "calm", "transcript": "Kids are talking by the door"}
+    assert form_problems(row, "words_only", {"reply": reply}) == []
 
 
 def test_rules_teacher_is_grounded_by_construction() -> None:

@@ -8,13 +8,19 @@ what is wrong with each task's answer, in words the repair request can quote bac
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pallm.cues.grounding import Grounding, check_claims, claims_in_text, cue_name, normalize_cue
 
 MIN_RATIONALE_WORDS = 8
 MIN_COPY_WORDS = 5  # shorter answers ("thanks, I will") may match an example by chance
+#: An answer that keeps this share of what was said, in order, and adds at most `REPEAT_EXTRA_WORDS` words
+#: repeats it: "Oh, dogs are sitting by the door." A question that turns it around ("Why are the dogs sitting
+#: by the door?") adds more and passes.
+REPEAT_SHARE, REPEAT_EXTRA_WORDS = 0.8, 2
+#: A run of this many words from a repair request, in its answer, is the request's wording read back.
+ECHO_RUN_WORDS = 6
 #: A template slot copied instead of filled in: "<your reply>", "[emotion]", "...".
 PLACEHOLDER = re.compile(r"<[^<>]{1,40}>|\[[a-z _-]{1,30}\]|^\s*\.\.\.\s*$")
 FLAGS = {"grounded": "teacher_ungrounded", "agrees": "teacher_disagrees", "well_formed": "teacher_malformed"}
@@ -29,8 +35,11 @@ def grounding(row: dict[str, Any], understanding: dict[str, Any]) -> Grounding:
     return check_claims(claims, row.get("cue_words") or [])
 
 
-def form_problems(row: dict[str, Any], task: str, answer: dict[str, Any], examples: Sequence[str] = ()) -> list[str]:
-    """What is wrong with the form of one task's answer (empty when nothing is)."""
+def form_problems(
+    row: dict[str, Any], task: str, answer: dict[str, Any], examples: Sequence[str] = (), notes: Sequence[str] = ()
+) -> list[str]:
+    """What is wrong with the form of one task's answer (empty when nothing is). `notes`: the repair requests
+    the row's prompts added; an answer that reads one back is not an answer."""
     if task not in _TEXTS:
         return []
     key, name = _TEXTS[task]
@@ -45,23 +54,26 @@ def form_problems(row: dict[str, Any], task: str, answer: dict[str, Any], exampl
             problems.append(f"the rationale has fewer than {MIN_RATIONALE_WORDS} words")
     elif len(text.split()) < 2:
         problems.append(f"the {name} is under two words")
-    said = _words(row.get("transcript") or row.get("transcript_ref") or "")
-    if said and _words(text) == said:
+    if _repeats(_words(text), _words(row.get("transcript") or row.get("transcript_ref") or "")):
         problems.append(f"the {name} only repeats what was said")
     copied = len(_words(text)) >= MIN_COPY_WORDS and any(
         " ".join(_words(text)) in " ".join(_words(e)) for e in examples
     )
     if copied:
         problems.append(f"the {name} copies the prompt's example")
+    if any(_echoes(text, note) for note in notes):
+        problems.append(f"the {name} repeats the request to fix it")
     if PLACEHOLDER.search(text):
         problems.append(f"the {name} holds placeholder text ({PLACEHOLDER.search(text).group(0)})")
     return problems
 
 
-def failures(row: dict[str, Any], task: str, answer: dict[str, Any], examples: Sequence[str] = ()) -> list[str]:
+def failures(
+    row: dict[str, Any], task: str, answer: dict[str, Any], examples: Sequence[str] = (), notes: Sequence[str] = ()
+) -> list[str]:
     """Every check one task's answer fails, said so that the teacher can fix it: the form problems,
     and for the rationale each claim the measurement does not support, with what was measured."""
-    found = form_problems(row, task, answer, examples)
+    found = form_problems(row, task, answer, examples, notes)
     if task == "understand":
         measured = {cue_name(c): c for c in row.get("cue_words") or []}
         for claim in grounding(row, answer).failed:
@@ -72,13 +84,22 @@ def failures(row: dict[str, Any], task: str, answer: dict[str, Any], examples: S
 
 
 def check_answers(
-    row: dict[str, Any], answers: dict[str, dict[str, Any]], examples: Sequence[str] = ()
+    row: dict[str, Any],
+    answers: dict[str, dict[str, Any]],
+    examples: Sequence[str] = (),
+    notes: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The `checks` value for a row's four answers (understand, judge, reply, words_only).
 
-    `examples` are the worked examples the row's prompts showed: an answer that copies one is not well-formed.
+    `examples` are the worked examples the row's prompts showed: an answer that copies one is not well-formed;
+    `notes` the repair request asked for a task, by task: an answer that reads it back is not either.
     """
-    problems = [p for task in _TEXTS for p in form_problems(row, task, answers[task], examples)]
+    notes = notes or {}
+    problems = [
+        p
+        for task in _TEXTS
+        for p in form_problems(row, task, answers[task], examples, [notes[task]] if task in notes else [])
+    ]
     verdict = grounding(row, answers["understand"])
     return {
         "grounded": verdict.grounded,
@@ -91,6 +112,25 @@ def check_answers(
 
 def _words(text: str) -> list[str]:
     return re.findall(r"[a-z']+", text.lower())
+
+
+def _repeats(words: list[str], said: list[str]) -> bool:
+    """Whether `words` are what was said, give or take `REPEAT_EXTRA_WORDS` (by the longest common subsequence)."""
+    if not said or not words:
+        return False
+    row = [0] * (len(said) + 1)
+    for w in words:
+        diag = 0
+        for j, s in enumerate(said, 1):
+            diag, row[j] = row[j], diag + 1 if w == s else max(row[j], row[j - 1])
+    kept = row[-1]
+    return kept >= REPEAT_SHARE * len(said) and len(words) - kept <= REPEAT_EXTRA_WORDS
+
+
+def _echoes(text: str, source: str, run: int = ECHO_RUN_WORDS) -> bool:
+    """Whether `text` holds a run of `run` consecutive words of `source`."""
+    words, said = _words(text), f" {' '.join(_words(source))} "
+    return any(f" {' '.join(words[i : i + run])} " in said for i in range(len(words) - run + 1))
 
 
 def review_flags(checks: dict[str, Any]) -> list[str]:

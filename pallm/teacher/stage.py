@@ -32,18 +32,22 @@ from pallm.teacher.checks import check_answers, failures, review_flags
 from pallm.teacher.client import Request, Stats, TeacherClient
 from pallm.teacher.prompts import PROMPTS_DIR, TASKS, PromptTemplate, templates
 
-VERSION = "3"  # 3: one repair per failing answer; 2: only the clip's own cues cited, control characters read
+# 4: an answer that reads back its repair request fails; 3: one repair per failing
+# answer; 2: only the clip's own cues cited, control characters read
+VERSION = "4"
 COLUMNS = ("rationale", "cited_cues", "teacher_label", "reply", "words_only_reply", "teacher", "checks")
 T = TypeVar("T")
 
 
 class Answered(NamedTuple):
-    """A row's answers: after repair, as first given, every repair answer (used or not), the examples shown."""
+    """A row's answers: after repair, as first given, every repair answer (used or not), the examples shown,
+    the repair note asked for each task repaired."""
 
     final: dict[str, Answer]
     first: dict[str, Answer]
     repairs: list[Answer]
     examples: list[str]
+    notes: dict[str, str]
 
 
 class TeacherIdentity(BaseModel):
@@ -101,7 +105,7 @@ class TeacherStep:
 
     def __call__(self, rows: list[Row]) -> list[Row | ItemError]:
         if self.cfg.backend == "rules":
-            answers: list[Answered | ItemError] = [Answered(a, a, [], []) for a in map(self._rules, rows)]
+            answers: list[Answered | ItemError] = [Answered(a, a, [], [], {}) for a in map(self._rules, rows)]
         else:
             answers = self._ask(rows)
         return [a if isinstance(a, ItemError) else self._columns(r, a) for r, a in zip(rows, answers, strict=True)]
@@ -135,11 +139,13 @@ class TeacherStep:
                 continue
             first = {q.task: a for q, a in zip(qs, answers, strict=True) if isinstance(a, Answer)}
             examples = [q.messages[0]["content"] for q in qs]  # the worked examples these prompts showed
-            out.append(Answered(dict(first), first, [], examples))
+            entry = Answered(dict(first), first, [], examples, {})
+            out.append(entry)
             if self.cfg.repair:
                 for q in qs:
                     if found := failures(row, q.task, first[q.task].data, examples):
-                        repairs.append((i, self._repair(q, found), found))
+                        entry.notes[q.task] = repair_note(found)
+                        repairs.append((i, self._repair(q, entry.notes[q.task]), found))
         if repairs:
             again = self._answers([q for _, q, _ in repairs])
             for i, q, found in repairs:
@@ -149,17 +155,17 @@ class TeacherStep:
                     continue  # a failed repair request costs the row nothing: it keeps its first answer
                 entry.repairs.append(answer)
                 # The second answer replaces the first only when it fails fewer checks.
-                if len(failures(rows[i], q.task, answer.data, entry.examples)) < len(found):
+                if len(failures(rows[i], q.task, answer.data, entry.examples, [entry.notes[q.task]])) < len(found):
                     entry.final[q.task] = answer
         return out
 
-    def _repair(self, q: Request, found: list[str]) -> Request:
-        """The request that asks again once, naming what the first answer got wrong; cached like any other.
+    def _repair(self, q: Request, note: str) -> Request:
+        """The request that asks again once, with `note` (`repair_note`) after the prompt; cached like any other.
 
-        The failed answer itself is not shown: a small model shown its answer writes it again."""
-        note = f"\n\nA first answer to this failed a check: {'; '.join(found)}. Do not make that mistake."
+        The failed answer itself is not shown: a small model shown its answer writes it again. In the system
+        message instead, the note left SmolLM2's rationales shorter and more often copied (40 RAVDESS rows)."""
         *head, user = q.messages
-        messages = [*head, {**user, "content": user["content"] + note}]
+        messages = [*head, {**user, "content": f"{user['content']}\n\n{note}"}]
         key = request_key(q.task, f"{q.version}+repair", self.model, self.cfg.sampling(), q.schema, messages)
         return Request(q.task, q.version, messages, q.schema, q.emotions, q.max_tokens, key)
 
@@ -182,7 +188,8 @@ class TeacherStep:
     def _columns(self, row: Row, answered: Answered) -> Row:
         answers, first = answered.final, answered.first
         data = {task: a.data for task, a in answers.items()}
-        checks = check_answers(row, data, answered.examples)  # an answer that copies its example is caught
+        # An answer that copies its example, or reads back its repair request, is caught.
+        checks = check_answers(row, data, answered.examples, answered.notes)
         before = check_answers(row, {task: a.data for task, a in first.items()}, answered.examples)
         checks["repaired"] = [t for t in TASKS if answers[t] is not first[t]]
         checks["first_grounded"], checks["first_well_formed"] = before["grounded"], before["well_formed"]
@@ -236,6 +243,11 @@ class TeacherStep:
         asyncio.run_coroutine_threadsafe(client.close(), loop).result()
         client.cache.close()
         loop.call_soon_threadsafe(loop.stop)
+
+
+def repair_note(found: list[str]) -> str:
+    """What a repair request adds to its prompt: the checks the first answer failed."""
+    return f"A first answer to this failed a check: {'; '.join(found)}. Do not make that mistake."
 
 
 def model_name(cfg: TeacherConfig) -> str:
