@@ -131,10 +131,10 @@ def test_an_answer_that_reads_back_its_repair_request_fails() -> None:
     # What SmolLM2 answered when the note sat in the user's turn: a paraphrase, not a copy of the whole note.
     echo = {"reply": "A first answer to this failed a check: the words only repeat what was said."}
     assert form_problems(row, "words_only", echo) == []  # without the note nothing is wrong with its form
-    found = form_problems(row, "words_only", echo, notes=[note])
+    found = form_problems(row, "words_only", echo, note=note)
     assert found == ["the words-only reply repeats the request to fix it"]
     fine = {"reply": "Are they? Shall I close the door?"}
-    assert form_problems(row, "words_only", fine, notes=[note]) == []
+    assert form_problems(row, "words_only", fine, note=note) == []
 
 
 REPEATS = ["Kids are talking by the door.", "Oh, kids are talking by the door.", "Kids are talking by the door?",

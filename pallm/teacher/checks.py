@@ -36,14 +36,15 @@ def grounding(row: dict[str, Any], understanding: dict[str, Any]) -> Grounding:
 
 
 def form_problems(
-    row: dict[str, Any], task: str, answer: dict[str, Any], examples: Sequence[str] = (), notes: Sequence[str] = ()
+    row: dict[str, Any], task: str, answer: dict[str, Any], examples: Sequence[str] = (), note: str | None = None
 ) -> list[str]:
-    """What is wrong with the form of one task's answer (empty when nothing is). `notes`: the repair requests
-    the row's prompts added; an answer that reads one back is not an answer."""
+    """What is wrong with the form of one task's answer (empty when nothing is). `note`: the repair request
+    this task was asked with; an answer that reads it back is not an answer."""
     if task not in _TEXTS:
         return []
     key, name = _TEXTS[task]
     text = answer[key]
+    words = _words(text)
     problems = []
     if task == "understand":
         if not answer["cited_cues"]:
@@ -54,14 +55,11 @@ def form_problems(
             problems.append(f"the rationale has fewer than {MIN_RATIONALE_WORDS} words")
     elif len(text.split()) < 2:
         problems.append(f"the {name} is under two words")
-    if _repeats(_words(text), _words(row.get("transcript") or row.get("transcript_ref") or "")):
+    if _repeats(words, _words(row.get("transcript") or row.get("transcript_ref") or "")):
         problems.append(f"the {name} only repeats what was said")
-    copied = len(_words(text)) >= MIN_COPY_WORDS and any(
-        " ".join(_words(text)) in " ".join(_words(e)) for e in examples
-    )
-    if copied:
+    if len(words) >= MIN_COPY_WORDS and any(" ".join(words) in " ".join(_words(e)) for e in examples):
         problems.append(f"the {name} copies the prompt's example")
-    if any(_echoes(text, note) for note in notes):
+    if note and _echoes(words, note):
         problems.append(f"the {name} repeats the request to fix it")
     if PLACEHOLDER.search(text):
         problems.append(f"the {name} holds placeholder text ({PLACEHOLDER.search(text).group(0)})")
@@ -69,11 +67,11 @@ def form_problems(
 
 
 def failures(
-    row: dict[str, Any], task: str, answer: dict[str, Any], examples: Sequence[str] = (), notes: Sequence[str] = ()
+    row: dict[str, Any], task: str, answer: dict[str, Any], examples: Sequence[str] = (), note: str | None = None
 ) -> list[str]:
     """Every check one task's answer fails, said so that the teacher can fix it: the form problems,
     and for the rationale each claim the measurement does not support, with what was measured."""
-    found = form_problems(row, task, answer, examples, notes)
+    found = form_problems(row, task, answer, examples, note)
     if task == "understand":
         measured = {cue_name(c): c for c in row.get("cue_words") or []}
         for claim in grounding(row, answer).failed:
@@ -95,11 +93,7 @@ def check_answers(
     `notes` the repair request asked for a task, by task: an answer that reads it back is not either.
     """
     notes = notes or {}
-    problems = [
-        p
-        for task in _TEXTS
-        for p in form_problems(row, task, answers[task], examples, [notes[task]] if task in notes else [])
-    ]
+    problems = [p for task in _TEXTS for p in form_problems(row, task, answers[task], examples, notes.get(task))]
     verdict = grounding(row, answers["understand"])
     return {
         "grounded": verdict.grounded,
@@ -127,9 +121,9 @@ def _repeats(words: list[str], said: list[str]) -> bool:
     return kept >= REPEAT_SHARE * len(said) and len(words) - kept <= REPEAT_EXTRA_WORDS
 
 
-def _echoes(text: str, source: str, run: int = ECHO_RUN_WORDS) -> bool:
-    """Whether `text` holds a run of `run` consecutive words of `source`."""
-    words, said = _words(text), f" {' '.join(_words(source))} "
+def _echoes(words: list[str], source: str, run: int = ECHO_RUN_WORDS) -> bool:
+    """Whether `words` hold a run of `run` consecutive words of `source`."""
+    said = f" {' '.join(_words(source))} "
     return any(f" {' '.join(words[i : i + run])} " in said for i in range(len(words) - run + 1))
 
 

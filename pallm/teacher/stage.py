@@ -155,7 +155,7 @@ class TeacherStep:
                     continue  # a failed repair request costs the row nothing: it keeps its first answer
                 entry.repairs.append(answer)
                 # The second answer replaces the first only when it fails fewer checks.
-                if len(failures(rows[i], q.task, answer.data, entry.examples, [entry.notes[q.task]])) < len(found):
+                if len(failures(rows[i], q.task, answer.data, entry.examples, entry.notes[q.task])) < len(found):
                     entry.final[q.task] = answer
         return out
 
