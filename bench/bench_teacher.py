@@ -71,10 +71,10 @@ def build(corpus: Path | None, out: Path, teacher: dict[str, Any], asr: str = "n
 def described_rows(out: Path) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
-    from pallm import pipeline
+    from pallm.dataset import read_manifest
 
     found = []
-    for s in pipeline.read_manifest(out)["shards"]:
+    for s in read_manifest(out)["shards"]:
         names = [n for n in pq.read_schema(out / s["path"]).names if n != "audio"]
         found += pq.read_table(out / s["path"], columns=names).to_pylist()
     return found

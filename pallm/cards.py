@@ -12,12 +12,12 @@ import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 import pandas as pd
 
-from pallm import lexical
+from pallm import dataset, lexical
 from pallm.corpora import get_adapter
 from pallm.corpora.base import Quarantined
 from pallm.cues import grounding, vocabulary
@@ -26,9 +26,6 @@ from pallm.labels import LABEL_MAP, LABEL_MAP_VERSION
 from pallm.review import export as review_export
 from pallm.schema import COLUMNS
 from pallm.shards import atomic_path, write_bytes_atomic, write_json_atomic
-
-if TYPE_CHECKING:
-    from pallm.pipeline import ChunkResult
 
 TEMPLATE = Path(__file__).parent / "templates" / "data_card.md.j2"
 STAT_COLUMNS = (
@@ -46,13 +43,9 @@ CUE_SUMMARY = {
 SPLIT_ORDER = ("train", "validation", "test")
 
 
-def render_card(
-    out: Path, manifest: dict[str, Any], results: Sequence[ChunkResult], quarantined: Sequence[Quarantined]
-) -> str:
-    """Compute the statistics, draw the plots and render the card's Markdown."""
-    from pallm.pipeline import label_table
-
-    df = label_table(out, results, STAT_COLUMNS).to_pandas()
+def render_card(out: Path, manifest: dict[str, Any], quarantined: Sequence[Quarantined]) -> str:
+    """Compute the statistics over the manifest's shards, draw the plots and render the card's Markdown."""
+    df = dataset.read_columns(out, [s["path"] for s in manifest["shards"]], STAT_COLUMNS).to_pandas()
     q = pd.DataFrame([x.as_dict() for x in quarantined], columns=["id", "corpus", "path", "stage", "reason"])
     corpora = sorted(manifest["corpus_roots"])
     adapters = [get_adapter(c) for c in corpora]

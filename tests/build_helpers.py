@@ -13,6 +13,7 @@ import soundfile as sf
 
 from pallm import pipeline
 from pallm.config import BuildConfig
+from pallm.dataset import read_manifest
 
 # Valid RAVDESS names for files whose *audio* is bad: the adapter accepts them, the audio stage must not.
 BAD_AUDIO = {
@@ -91,7 +92,7 @@ def build(cfg: BuildConfig) -> tuple[pipeline.Plan, list[pipeline.ChunkResult]]:
 
 def shard_rows(out: Path, columns: list[str] | None = None) -> list[dict[str, Any]]:
     """Rows of every shard the manifest lists."""
-    manifest = pipeline.read_manifest(out)
+    manifest = read_manifest(out)
     rows: list[dict[str, Any]] = []
     for s in manifest["shards"]:
         rows.extend(pq.read_table(out / s["path"], columns=columns).to_pylist())

@@ -20,6 +20,7 @@ import pytest
 
 from pallm import pipeline
 from pallm.config import BuildConfig
+from pallm.dataset import read_manifest
 from pallm.review import auth, db
 
 POSTGRES_ENV = "PALLM_TEST_POSTGRES_URL"
@@ -56,7 +57,7 @@ def build_reviewable(
 
 def plant_rationale(dataset: Path, text: str = XSS) -> str:
     """Replace the first row's rationale in its shard (as a hostile teacher would write it); returns its id."""
-    manifest = pipeline.read_manifest(dataset)
+    manifest = read_manifest(dataset)
     path = dataset / manifest["shards"][0]["path"]
     table = pq.read_table(path)
     rationale = table["rationale"].to_pylist()

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 
 from pallm import pipeline
 from pallm.config import BuildConfig
+from pallm.dataset import read_manifest
 
 
 def small_tree(ravdess16k: Path, root: Path, actors: tuple[int, ...] = (1, 2), per_actor: int = 4) -> list[str]:
@@ -42,7 +43,7 @@ def build(root: Path, out: Path, teacher: dict[str, Any], **overrides: Any) -> d
 
 def rows(out: Path) -> list[dict[str, Any]]:
     """Every row of the built dataset, without audio."""
-    manifest = pipeline.read_manifest(out)
+    manifest = read_manifest(out)
     found = []
     for s in manifest["shards"]:
         names = [n for n in pq.read_schema(out / s["path"]).names if n != "audio"]

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import ROOT, run_cli
 
-from pallm import pipeline
+from pallm.dataset import read_manifest
 from pallm.train import baselines, steps
 from pallm.train.config import ModelConfig, TrainConfig
 from pallm.train.data import examples
@@ -24,7 +24,7 @@ pytest.importorskip("trl", reason="training needs the train extra: pip install -
 
 
 def _ids(dataset: Path, split: str) -> set[str]:
-    shards = [s for s in pipeline.read_manifest(dataset)["shards"] if s["split"] == split]
+    shards = [s for s in read_manifest(dataset)["shards"] if s["split"] == split]
     return {i for s in shards for i in pq.read_table(dataset / s["path"], columns=["id"])["id"].to_pylist()}
 
 

@@ -15,7 +15,7 @@ from alembic.migration import MigrationContext
 from review_helpers import add_users
 from sqlalchemy import func, select
 
-from pallm import pipeline
+from pallm.dataset import read_manifest
 from pallm.review import db, export, importer, workflow
 from pallm.review.agreement import agreement
 from pallm.review.models import Adjudication, Assignment, Base, Decision, Item, ItemAudio, User
@@ -27,7 +27,7 @@ def _user(s, name: str) -> User:
 
 
 def _dataset_rows(ds: Path) -> list[dict]:
-    m = pipeline.read_manifest(ds)
+    m = read_manifest(ds)
     return [r for sh in m["shards"] for r in pq.read_table(ds / sh["path"], columns=["id", "flags"]).to_pylist()]
 
 
@@ -248,7 +248,7 @@ def test_export_writes_reviews_and_the_card_section(reviewable: Path, review_db:
     assert card.index("## Annotation") < card.index("## Distribution and licences")
     assert export.dataset_section(ds) in card, "a rebuilt card renders the same section from reviews.parquet"
 
-    shards = pipeline.read_manifest(ds)["shards"]
+    shards = read_manifest(ds)["shards"]
     table = pa.concat_tables([pq.read_table(ds / sh["path"], columns=["id", "rationale"]) for sh in shards])
     view = export.apply_reviews(table, reviews).to_pylist()
     by_id = {r["id"]: r for r in view}

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from pallm.dataset import read_manifest
 from pallm.review.agreement import agreement
 from pallm.review.models import DECISIONS, EDITABLE, REASONS, Adjudication, Decision, Item, User
 from pallm.review.workflow import final
@@ -68,8 +69,6 @@ def review_rows(db: Session, dataset: str) -> list[dict[str, Any]]:
 
 def export(db: Session, dataset_dir: Path) -> dict[str, Any]:
     """Write `reviews.parquet` beside the shards and the annotation section of the card; returns the summary."""
-    from pallm.pipeline import read_manifest
-
     manifest = read_manifest(dataset_dir)
     rows = review_rows(db, manifest["name"])
     imported = db.scalar(select(func.count()).select_from(Item).where(Item.dataset == manifest["name"]))

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pallm import lexical
+from pallm.dataset import read_manifest
 from pallm.review.models import Item, ItemAudio
 from pallm.speech.stage import LOW_ASR_CONFIDENCE
 from pallm.teacher.checks import FLAGS as TEACHER_FLAGS
@@ -92,8 +93,6 @@ def _measured(row: dict[str, Any]) -> dict[str, float]:
 
 def import_dataset(db: Session, dataset_dir: Path, sample: int = 100, overlap: int = 1, seed: int = 0) -> ImportResult:
     """Import `dataset_dir`'s sample and flagged items; items already imported are left as they are."""
-    from pallm.pipeline import read_manifest
-
     if overlap < 1:
         raise ValueError("overlap must be at least 1")
     manifest = read_manifest(dataset_dir)

@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pallm.dataset import read_columns, read_manifest, shards
 from pallm.review.export import REVIEWS_FILE, apply_reviews
 from pallm.train.answer import SENTIMENTS, format_understanding
 from pallm.train.rewards import REPLY, UNDERSTAND
@@ -58,11 +59,8 @@ def emotion_labels(dataset_dir: Path) -> list[str]:
 
 def read_rows(dataset_dir: Path, splits: Sequence[str] | None = None, columns: Sequence[str] = COLUMNS) -> pa.Table:
     """The dataset's rows (the columns training needs), with the labelers' decisions applied when present."""
-    from pallm.pipeline import read_manifest
-
-    shards = [s for s in read_manifest(dataset_dir)["shards"] if splits is None or s["split"] in splits]
-    tables = [pq.read_table(dataset_dir / s["path"], columns=list(columns)) for s in shards]
-    table = pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns})
+    paths = [s["path"] for s in shards(read_manifest(dataset_dir), splits)]
+    table = read_columns(dataset_dir, paths, columns)
     reviews = dataset_dir / REVIEWS_FILE
     if reviews.is_file():
         table = apply_reviews(table, pq.read_table(reviews))

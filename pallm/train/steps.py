@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pallm.dataset import read_manifest
 from pallm.shards import write_bytes_atomic, write_json_atomic
 from pallm.train.checkpoints import finished, last_checkpoint, mark_finished
 from pallm.train.config import ModelConfig, TrainConfig
@@ -310,8 +311,6 @@ def run_rl(dataset: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
 
 def evaluation_config(run: Path, dataset: Path, splits: list[str] | None, limit: int | None) -> TrainConfig:
     """A finished run's configuration, evaluating `splits` of `dataset` (default: all of its splits)."""
-    from pallm.pipeline import read_manifest
-
     if not (run / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{run} is not a training run (no {CONFIG_FILE}); train one with pallm train")
     if not finished(run / "sft"):
