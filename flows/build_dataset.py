@@ -6,6 +6,8 @@ may fail transiently, reports progress and publishes the card as Prefect artifac
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +19,16 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
-from flows.runners import asking_for_gpus, task_runner
+from flows.runners import asking_for_gpus, keeping_models, task_runner, teacher_share
 from pallm import pipeline
 from pallm.config import BuildConfig, CorpusSpec
 from pallm.cues.normalize import SpeakerNorms
 from pallm.lexical import LexicalProbe
+from pallm.resident import summarize_loads
 from pallm.stages import Stage
 from pallm.teacher import local
 
@@ -33,7 +37,9 @@ from pallm.teacher import local
 @task(name="process-chunk", task_run_name="chunk {chunk.stem}", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def process_chunk(chunk: pipeline.Chunk, stages: list[Stage], config: BuildConfig) -> pipeline.ChunkResult:
     """The measuring pass over one chunk: audio, speech, cues (or its cached result)."""
-    return pipeline.measure_chunk(chunk, stages, config.out, config)
+    run = TaskRunContext.get()
+    start = run.task_run.start_time if run is not None else None  # set by the engine, on the worker
+    return pipeline.measure_chunk(chunk, stages, config.out, config, start.timestamp() if start else None)
 
 
 @task(name="describe-chunk", task_run_name="describe {measured.stem}", retries=2, retry_delay_seconds=2,
@@ -120,28 +126,37 @@ def build_dataset(
     measured: list[pipeline.ChunkResult] = []
     results: list[pipeline.ChunkResult] = []
     # No quote() around the arguments: Dask's serialisation turns it into a plain tuple on the worker.
-    with task_runner(cfg) as runner:
+    with task_runner(cfg) as runner, keeping_models(cfg, runner) as processes:
         shared = {"stages": plan.stages, "config": cfg}
-        with asking_for_gpus(cfg):
-            futures = [runner.submit(process_chunk, {"chunk": c, **shared}) for c in plan.chunks]
-        for fut in as_completed(futures):
-            measured.append(fut.result())
-            update_progress_artifact(progress, 100.0 * len(measured) / total)
+        try:
+            with asking_for_gpus(cfg):
+                futures = [runner.submit(process_chunk, {"chunk": c, **shared}) for c in plan.chunks]
+            for fut in as_completed(futures):
+                measured.append(fut.result())
+                update_progress_artifact(progress, 100.0 * len(measured) / total)
+        finally:
+            pipeline.close_stages(plan.stages)  # in this process: Whisper's memory is the teacher's now
         norms = pipeline.speaker_norms(cfg.out, measured)
         probe = pipeline.lexical_probe(cfg.out, measured)
         with local.serving(cfg.teacher, log=cfg.out / pipeline.STATE_DIR / "teacher-server.log") as teacher_cfg:
-            described = cfg.model_copy(update={"teacher": teacher_cfg})
+            per_process, at_once = teacher_share(teacher_cfg.concurrency, processes)
+            described = cfg.model_copy(update={"teacher": teacher_cfg.model_copy(update={"concurrency": per_process})})
             stages = pipeline.describe_stages(described, norms, probe)
             shared = {"stages": stages, "norms": norms, "probe": probe, "config": described}
             try:
-                futures = [runner.submit(describe_chunk, {"measured": m, **shared}) for m in measured]
-                for fut in as_completed(futures):
-                    results.append(fut.result())
+                for result in bounded(runner, describe_chunk, [{"measured": m, **shared} for m in measured], at_once):
+                    results.append(result)
                     update_progress_artifact(progress, 100.0 * (len(measured) + len(results)) / total)
             finally:
                 pipeline.close_stages(stages)
     cached = sum(r.cached for r in measured)
     log.info("%d chunks done (%d measurements reused from cache)", len(results), cached)
+    for x in summarize_loads([load for r in results for load in r.loads]):
+        log.info("%s loaded %s %d time(s), %.1f s in all", x["worker"], x["model"], x["loads"], x["seconds"])
+    start = pipeline.chunk_start([r.to_first_clip_s for r in results])
+    if start["chunks"]:
+        log.info("chunk tasks: %.2f s from start to first clip (median; %.2f s at most)", start["median_s"],
+                 start["max_s"])  # fmt: skip
     for s in stages:
         if s.name == "teacher" and hasattr(s.process, "stats"):
             log.info("teacher: %s", s.process.stats)
@@ -161,6 +176,18 @@ def build_dataset(
     if train:
         summary["training"] = start_training(train, cfg.out.resolve(), manifest, train_parameters or {})
     return summary
+
+
+def bounded(runner: Any, fn: Any, parameters: list[dict[str, Any]], at_once: int | None) -> Iterator[Any]:
+    """Submit `fn` once per parameter set, with at most `at_once` runs in flight (all at once for None), and
+    yield their results as they finish."""
+    waiting = iter(parameters)
+    pending = {runner.submit(fn, p) for p in itertools.islice(waiting, at_once or len(parameters))}
+    while pending:
+        done = next(as_completed(pending))
+        pending.remove(done)
+        pending.update(runner.submit(fn, p) for p in itertools.islice(waiting, 1))
+        yield done.result()
 
 
 def start_training(deployment: str, dataset: Path, manifest: dict[str, Any], parameters: dict[str, Any]) -> str:

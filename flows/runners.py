@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from pallm.config import BuildConfig
+from pallm.resident import PLUGIN_NAME
 
 #: The package each distributed runner needs, installed by the extra of the runner's name.
 PACKAGES = {"dask": "prefect_dask", "ray": "prefect_ray"}
@@ -43,7 +44,9 @@ def task_runner(cfg: BuildConfig) -> TaskRunner:
 
     if cfg.cluster:
         return RayTaskRunner(address=cfg.cluster)
-    return RayTaskRunner(init_kwargs={"num_cpus": cfg.workers, "include_dashboard": False, "log_to_driver": False})
+    # address "local": a new cluster even where `ray start` has left one (or its address file) on this machine.
+    local = {"address": "local", "num_cpus": cfg.workers, "include_dashboard": False, "log_to_driver": False}
+    return RayTaskRunner(init_kwargs=local)
 
 
 @contextlib.contextmanager
@@ -60,5 +63,38 @@ def asking_for_gpus(cfg: BuildConfig) -> Iterator[None]:
     else:
         from prefect_ray.context import remote_options
 
-        with remote_options(num_gpus=cfg.asr_gpus):
+        # Ray retires a GPU task's process after one call unless told otherwise, which would load Whisper
+        # again for every chunk; the process's residents (`pallm.resident`) are what frees the models.
+        with remote_options(num_gpus=cfg.asr_gpus, max_calls=0):
             yield
+
+
+@contextlib.contextmanager
+def keeping_models(cfg: BuildConfig, runner: TaskRunner) -> Iterator[int]:
+    """Inside, each worker process keeps the models its chunk tasks load (`pallm.resident`): on Dask, a worker
+    plugin holds them and frees them on the way out. Yields how many processes run chunk tasks at once, each
+    with its own teacher client (threads share the flow's one)."""
+    if cfg.runner == "dask":
+        from flows.residents import ResidentsPlugin
+
+        client = runner.client  # type: ignore[attr-defined]
+        client.register_plugin(ResidentsPlugin(), name=PLUGIN_NAME)
+        try:
+            yield max(1, len(client.scheduler_info()["workers"]))
+        finally:
+            client.unregister_worker_plugin(PLUGIN_NAME)
+    elif cfg.runner == "ray":
+        import ray
+
+        # Ray runs each task in a worker process of its own and reuses the processes: one per CPU at most.
+        yield max(1, int(ray.cluster_resources().get("CPU", 1)))
+    else:
+        yield 1
+
+
+def teacher_share(concurrency: int, processes: int) -> tuple[int, int | None]:
+    """Requests in flight per process, and the most describe tasks to run at once (None: no limit), so that
+    the whole build never has more than `concurrency` requests in flight however many workers there are."""
+    if processes <= concurrency:
+        return concurrency // processes, None
+    return 1, concurrency

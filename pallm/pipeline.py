@@ -27,6 +27,7 @@ import hashlib
 import json
 import re
 import subprocess
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import pallm
+from pallm import cards
 from pallm.audio.cues import cue_stage
 from pallm.audio.stage import audio_stage
 from pallm.config import BuildConfig, CorpusSpec
@@ -46,8 +48,10 @@ from pallm.corpora.base import SOURCE_KEY, CorpusError, ItemError, Quarantined
 from pallm.cues import normalize
 from pallm.cues.normalize import SpeakerNorms
 from pallm.cues.stage import describe_stage
+from pallm.dataset import read_manifest
 from pallm.labels import LABEL_MAP_VERSION
 from pallm.lexical import LexicalProbe, lexical_stage
+from pallm.resident import LoadLog, summarize_loads
 from pallm.schema import COLUMN_NAMES, QUARANTINE_SCHEMA, SCHEMA_VERSION, validate_row
 from pallm.shards import (
     TMP_PREFIX,
@@ -114,10 +118,16 @@ class ChunkResult:
     quarantined: list[Quarantined]
     speakers: list[str] = field(default_factory=list)
     cached: bool = False
+    #: the model loads that happened while this chunk ran, and those of its measuring pass (`Load.as_dict()`)
+    loads: list[dict[str, Any]] = field(default_factory=list)
+    #: seconds from the measuring task's start to its first clip entering the stages (None: cached)
+    to_first_clip_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("cached")
+        for run_only in ("loads", "to_first_clip_s"):  # what this run did, not what the chunk holds
+            d.pop(run_only)
         return d
 
     @classmethod
@@ -162,11 +172,26 @@ def teacher_cache(config: BuildConfig) -> Path:
 
 
 def close_stages(stages: Sequence[Stage]) -> None:
-    """Release what stages opened on first use (the teacher's client and cache)."""
+    """Release what stages opened on first use (models, the teacher's client and cache)."""
     for s in stages:
         close = getattr(s.process, "close", None)
         if callable(close):
             close()
+
+
+def chunk_start(seconds: Sequence[float | None]) -> dict[str, Any]:
+    """How long measuring tasks took from their start to their first clip (the cluster's and the task
+    engine's overhead, model loads excluded since they happen later): over the chunks measured in this run."""
+    ran = sorted(x for x in seconds if x is not None)
+    if not ran:
+        return {"chunks": 0}
+    return {"chunks": len(ran), "median_s": ran[len(ran) // 2], "max_s": ran[-1]}
+
+
+def taken_loads(stages: Sequence[Stage]) -> list[dict[str, Any]]:
+    """The model loads the stages' workers recorded since they were last asked (see `pallm.resident`)."""
+    logs = [getattr(s.process, "loads", None) for s in stages]
+    return [x.as_dict() for log in logs if isinstance(log, LoadLog) for x in log.take()]
 
 
 def code_version() -> str:
@@ -341,17 +366,23 @@ def _batches(rows: Sequence[Row], size: int) -> Iterator[list[Row]]:
         yield list(rows[first : first + size])
 
 
-def measure_chunk(chunk: Chunk, stages: Sequence[Stage], out: Path, config: BuildConfig) -> ChunkResult:
-    """The measuring pass over one chunk, unless its cached result is intact: rows to .pallm/measured."""
+def measure_chunk(
+    chunk: Chunk, stages: Sequence[Stage], out: Path, config: BuildConfig, started: float | None = None
+) -> ChunkResult:
+    """The measuring pass over one chunk, unless its cached result is intact: rows to .pallm/measured.
+    `started`: when the task that runs it started (`time.time()`; default: now), to time its overhead."""
+    started = time.time() if started is None else started
     cached = cached_result(chunk, out)
     if cached is not None:
         return cached
     quarantined: list[Quarantined] = []
     speakers: set[str] = set()
     batch = max(s.batch_size for s in stages)
+    first_clip: list[float] = []
 
     def measured() -> Iterator[Row]:
         for rows in _batches(chunk.rows, batch):  # a batch at a time keeps memory flat on long chunks
+            first_clip[:] = first_clip or [time.time()]
             done, bad = run_stages(rows, stages)
             quarantined.extend(bad)
             for r in done:
@@ -361,7 +392,8 @@ def measure_chunk(chunk: Chunk, stages: Sequence[Stage], out: Path, config: Buil
     files = write_shards(measured(), out / MEASURED_DIR, chunk.stem, max_bytes=2**62,
                          row_group_rows=config.shards.row_group_rows, rel_to=out)  # fmt: skip
     result = ChunkResult(chunk.stem, chunk.key, chunk.corpus, chunk.split, sum(s.rows for s in files), files,
-                         quarantined, sorted(speakers))  # fmt: skip
+                         quarantined, sorted(speakers), loads=taken_loads(stages),
+                         to_first_clip_s=round(first_clip[0] - started, 3) if first_clip else None)  # fmt: skip
     write_json_atomic(_record_path(out, MEASURED_DIR, chunk.stem), result.to_json())
     return result
 
@@ -417,6 +449,7 @@ def describe_chunk(
     key = describe_key(measured, stages, norms, out, probe)
     cached = _cached(out, RECORDS_DIR, measured.stem, key)
     if cached is not None and not any(q.stage in RETRIED_STAGES for q in cached.quarantined):
+        cached.loads, cached.to_first_clip_s = list(measured.loads), measured.to_first_clip_s
         return cached
     quarantined = list(measured.quarantined)
     batch_size = max(config.shards.row_group_rows, *(s.batch_size for s in stages))
@@ -440,14 +473,18 @@ def describe_chunk(
         rel_to=out,
     )
     result = ChunkResult(measured.stem, key, measured.corpus, measured.split, sum(s.rows for s in shards), shards,
-                         quarantined, measured.speakers)  # fmt: skip
+                         quarantined, measured.speakers, loads=[*measured.loads, *taken_loads(stages)],
+                         to_first_clip_s=measured.to_first_clip_s)  # fmt: skip
     write_json_atomic(_record_path(out, RECORDS_DIR, measured.stem), result.to_json())
     return result
 
 
 def run_chunks(plan: Plan, out: Path, mapper: Callable[..., Iterable[Any]] = map) -> list[ChunkResult]:
     """Both passes over every chunk with the given `map` (the built-in one, or a thread pool's)."""
-    measured = list(mapper(lambda c: measure_chunk(c, plan.stages, out, plan.config), plan.chunks))
+    try:
+        measured = list(mapper(lambda c: measure_chunk(c, plan.stages, out, plan.config), plan.chunks))
+    finally:
+        close_stages(plan.stages)  # Whisper's memory is the teacher's now
     norms = speaker_norms(out, measured)
     probe = lexical_probe(out, measured)
     with local.serving(plan.config.teacher, log=out / STATE_DIR / "teacher-server.log") as teacher:
@@ -457,11 +494,6 @@ def run_chunks(plan: Plan, out: Path, mapper: Callable[..., Iterable[Any]] = map
             return list(mapper(lambda m: describe_chunk(m, stages, norms, out, config, probe), measured))
         finally:
             close_stages(stages)
-
-
-def read_manifest(out: Path) -> dict[str, Any]:
-    """The manifest of the dataset in `out`."""
-    return json.loads((out / "manifest.json").read_text())
 
 
 def is_finalized(plan: Plan, out: Path, results: Sequence[ChunkResult] | None = None) -> bool:
@@ -530,12 +562,6 @@ def remove_stale(out: Path, results: Sequence[ChunkResult]) -> list[str]:
     return removed
 
 
-def label_table(out: Path, results: Sequence[ChunkResult], columns: Sequence[str]) -> pa.Table:
-    """The given (non-audio) columns of every shard, for statistics: audio bytes are never read."""
-    tables = [pq.read_table(out / s.path, columns=list(columns)) for r in results for s in r.shards]
-    return pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns})
-
-
 def finalize(
     plan: Plan,
     results: Sequence[ChunkResult],
@@ -549,8 +575,6 @@ def finalize(
     place, so a reader never finds a manifest naming deleted files. When the folder already holds
     this build (a rerun), only the idempotent steps run again: cleanup and the card index.
     """
-    from pallm import cards
-
     results = sorted(results, key=lambda r: r.stem)
     unchanged = is_finalized(plan, out, results)
     if unchanged:
@@ -577,8 +601,11 @@ def finalize(
             "rows": sum(r.rows for r in results),
             "quarantined": len(quarantined),
             "shards": [asdict(s) | {"split": r.split, "corpus": r.corpus} for r in results for s in r.shards],
+            # How often each worker loaded each model for this build: once per worker, not per chunk.
+            "model_loads": summarize_loads([x for r in results for x in r.loads]),
+            "chunk_start": chunk_start([r.to_first_clip_s for r in results]),
         }
-        card = cards.render_card(out, manifest, results, quarantined)
+        card = cards.render_card(out, manifest, quarantined)
         write_bytes_atomic(out / "README.md", card.encode())
         write_json_atomic(out / "manifest.json", manifest)
     removed = remove_stale(out, results)

@@ -18,6 +18,7 @@ from reliability import Ledger
 from pallm import pipeline
 from pallm.config import BuildConfig, CorpusSpec, ShardConfig
 from pallm.corpora import CorpusError
+from pallm.dataset import read_manifest
 from pallm.schema import COLUMN_NAMES, SCHEMA_VERSION
 from pallm.shards import TMP_PREFIX, sha256_file
 
@@ -124,7 +125,7 @@ def test_changed_input_rebuilds_only_its_chunk_and_drops_stale_shards(tree: tupl
     assert sum(measured.get(n) != t for n, t in after.items()) <= 1 and len(after) >= len(measured) - 1
     ids = [r["id"] for r in shard_rows(out, ["id"])]
     assert sorted(ids) == sorted(expect["good"] - {f"ravdess/{victim.stem}"})
-    manifest = pipeline.read_manifest(out)
+    manifest = read_manifest(out)
     assert sorted(p.name for p in (out / "data").iterdir()) == sorted(Path(s["path"]).name for s in manifest["shards"])
     assert len(list((out / ".pallm" / "chunks").iterdir())) == len(second)
 
@@ -161,7 +162,7 @@ def test_shards_roll_over_at_the_size_bound(tree: tuple[Path, dict], tmp_path: P
     cfg = config(root, out)
     cfg.shards = ShardConfig(chunk_rows=64, max_shard_mb=0.15, row_group_rows=1)
     build(cfg)
-    manifest = pipeline.read_manifest(out)
+    manifest = read_manifest(out)
     assert len(manifest["shards"]) > 3
     biggest_row = max(len(r["audio"]["bytes"]) for r in shard_rows(out, ["audio"]))
     assert all(s["bytes"] <= 0.15 * 2**20 + biggest_row + 64_000 for s in manifest["shards"])
@@ -222,7 +223,7 @@ def test_rerun_after_a_kill_past_the_manifest_still_registers_the_card(tree: tup
     shutil.rmtree(cards)  # as if the build died right after writing its manifest
     (out / "data" / f"{TMP_PREFIX}half.parquet").write_bytes(b"half")
     build(config(root, out, cards_index=cards))
-    version = pipeline.read_manifest(out)["version"]
+    version = read_manifest(out)["version"]
     assert [e["version"] for e in json.loads((cards / "index.json").read_text())] == [version]
     assert not list((out / "data").glob(f"{TMP_PREFIX}*"))
 

@@ -1,6 +1,7 @@
 """The speech stage: transcript, timed words and word error rate for a batch of rows.
 
-Models load on first use, once per stage object, and are shared by the threads that process chunks.
+Models load on first use, once per stage object, and are shared by the chunk tasks of a process (on a
+cluster, through `pallm.resident`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import soundfile as sf
 
 from pallm.config import SPEECH_RUNTIME, SpeechConfig
 from pallm.corpora.base import ItemError
+from pallm.resident import LoadLog, resident
 from pallm.speech.models import looks_like_path, resolve_asr_model
 from pallm.speech.transcribe import Transcriber, Transcript, load_transcriber
 from pallm.speech.wer import word_error_rate
@@ -37,6 +39,7 @@ class SpeechStep:
         self._lock = threading.Lock()
         self._transcriber: Transcriber | None = None
         self._aligner: Any = None
+        self.loads = LoadLog()
 
     def __reduce__(self) -> tuple[Any, ...]:
         return SpeechStep, (self.model, self.config)  # to another process without the loaded models
@@ -44,14 +47,23 @@ class SpeechStep:
     def transcriber(self) -> Transcriber:
         with self._lock:
             if self._transcriber is None:
-                self._transcriber = load_transcriber(self.model, self.config)
+                self._transcriber = self.loads.timed(
+                    f"whisper {self.model}", lambda: load_transcriber(self.model, self.config)
+                )
                 if self.config.align_model:
                     from pallm.speech.align import load_aligner
 
-                    self._aligner = load_aligner(
-                        self.config.align_model, language=self.config.language or "en", device=self.config.device
+                    language = self.config.language or "en"
+                    self._aligner = self.loads.timed(
+                        f"aligner {self.config.align_model}",
+                        lambda: load_aligner(self.config.align_model, language=language, device=self.config.device),
                     )
             return self._transcriber
+
+    def close(self) -> None:
+        """Free the models (a later call loads them again)."""
+        with self._lock:
+            self._transcriber = self._aligner = None
 
     def __call__(self, rows: list[Row]) -> list[Row | ItemError]:
         clips = [sf.read(io.BytesIO(r["audio"]["bytes"]), dtype="float32")[0] for r in rows]
@@ -97,7 +109,7 @@ def speech_stage(model: str, config: SpeechConfig) -> Stage:
         from pallm.speech.align import check_aligner_folder
 
         check_aligner_folder(Path(config.align_model).expanduser())
-    return Stage(
+    return resident(Stage(
         name="speech",
         version=VERSION,
         reads=("audio", "transcript_ref", "flags"),
@@ -107,7 +119,7 @@ def speech_stage(model: str, config: SpeechConfig) -> Stage:
         runtime=SPEECH_RUNTIME,
         environment=_environment(resolved),
         batch_size=_rows_per_call(config),
-    )
+    ))  # fmt: skip
 
 
 def _rows_per_call(config: SpeechConfig) -> int:
@@ -150,6 +162,7 @@ class DiarizeStep:
         self.diarized = diarized
         self._lock = threading.Lock()
         self._diarizer: Any = None
+        self.loads = LoadLog()
 
     def __reduce__(self) -> tuple[Any, ...]:
         return DiarizeStep, (self.config, self.diarized)  # to another process without the loaded pipeline
@@ -162,8 +175,16 @@ class DiarizeStep:
         with self._lock:
             if self._diarizer is None:
                 token = os.environ.get(self.config.hf_token_env)
-                self._diarizer = load_diarizer(self.config.diarize_model or "", token=token, device=self.config.device)
+                model = self.config.diarize_model or ""
+                self._diarizer = self.loads.timed(
+                    f"diarizer {model}", lambda: load_diarizer(model, token=token, device=self.config.device)
+                )
             return self._diarizer
+
+    def close(self) -> None:
+        """Free the pipeline (a later call loads it again)."""
+        with self._lock:
+            self._diarizer = None
 
     def __call__(self, rows: list[Row]) -> list[Any]:
         return [self._turns(r) if r["corpus"] in self.diarized and r["words"] else [_keep(r)] for r in rows]
@@ -218,7 +239,7 @@ def diarize_stage(config: SpeechConfig, diarized: frozenset[str]) -> Stage:
     from pallm.speech.diarize import pipeline_source
 
     pipeline_source(config.diarize_model or "")  # a missing local config.yaml stops the build here
-    return Stage(
+    return resident(Stage(
         name="diarize",
         version=DIARIZE_VERSION,
         reads=("corpus", "flags", *DIARIZE_WRITES),
@@ -226,4 +247,4 @@ def diarize_stage(config: SpeechConfig, diarized: frozenset[str]) -> Stage:
         process=DiarizeStep(config, diarized),
         config=config,
         expands=True,
-    )
+    ))  # fmt: skip

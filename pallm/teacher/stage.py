@@ -24,6 +24,7 @@ from pallm.corpora.base import ItemError
 from pallm.cues.grounding import GROUNDING_VERSION
 from pallm.labels import corpus_emotions
 from pallm.lexical import text_of
+from pallm.resident import LoadLog, resident
 from pallm.stages import Row, Stage
 from pallm.teacher import batch, rules
 from pallm.teacher.answers import json_schema
@@ -76,7 +77,8 @@ def evidence(row: Row) -> dict[str, Any]:
 
 class TeacherStep:
     """The stage's work. The client, its event-loop thread and the cache are made on first use and
-    shared by every thread that runs chunks, so the concurrency bound holds for the whole build."""
+    shared by every chunk task of the process (on a cluster, through `pallm.resident`), so the concurrency
+    bound holds for the whole process."""
 
     def __init__(self, cfg: TeacherConfig, model: str, cache_path: Path) -> None:
         self.cfg = cfg
@@ -87,6 +89,7 @@ class TeacherStep:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: TeacherClient | None = None
         self._closed_stats = Stats()  # what the last client did, kept after close()
+        self.loads = LoadLog()
 
     def __reduce__(self) -> tuple[Any, ...]:
         # To another process without the client: each worker opens its own (the cache file is shared).
@@ -223,9 +226,9 @@ class TeacherStep:
                 cfg = self.cfg
                 if cfg.backend == "local" and cfg.structured == "auto":  # llama-cpp-python has no json_schema
                     cfg = cfg.model_copy(update={"structured": "json_object"})
-                self._client = TeacherClient(
+                self._client = self.loads.timed(f"teacher client {self.model}", lambda: TeacherClient(
                     cfg, base_url=cfg.base_url, model=self.model, api_key=api_key, cache=AnswerCache(self.cache_path)
-                )
+                ))  # fmt: skip
             return self._client
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -279,7 +282,7 @@ def teacher_stage(cfg: TeacherConfig, cache_path: Path, *, with_words: bool) -> 
         backend=cfg.backend, model=model, prompts=step.prompt_version.split(),
         sampling=cfg.sampling() if cfg.backend != "rules" else {}, repair=cfg.repair and cfg.backend != "rules",
     )  # fmt: skip
-    return Stage(
+    return resident(Stage(
         name="teacher",
         version=f"{VERSION}+grounding{GROUNDING_VERSION}",
         reads=("id", "corpus", "emotion", "sentiment", "cue_words", "flags", "transcript_ref",
@@ -288,4 +291,4 @@ def teacher_stage(cfg: TeacherConfig, cache_path: Path, *, with_words: bool) -> 
         process=step,
         config=identity,
         batch_size=max(16, 8 * cfg.concurrency),
-    )  # fmt: skip
+    ))  # fmt: skip
