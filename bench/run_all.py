@@ -30,7 +30,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "speech": (["--clips", "120"], []),
     "teacher": (["--actors", "2", "--per-actor", "4"], []),
     "review": (["--users", "20", "--seconds", "15"], []),
-    "distributed": (["--clips", "48"], ["--clips", "96"]),
+    "distributed": (["--clips", "48"], []),
 }
 
 
