@@ -204,7 +204,7 @@ def main() -> None:
         return
 
     from pallm.config import TeacherConfig
-    from pallm.teacher.cache import AnswerCache
+    from pallm.teacher.cache import open_cache
     from pallm.teacher.client import TeacherClient
     from pallm.teacher.local import llama_server, packaged_gguf
     from pallm.teacher.stage import TeacherStep
@@ -228,7 +228,7 @@ def main() -> None:
                 q = probe_step.requests(r)[t]
                 requests.setdefault(q.key, q)
         client = TeacherClient(cfg, base_url=url, model="smollm2", api_key="none",
-                               cache=AnswerCache(work / "probe.sqlite"))  # fmt: skip
+                               cache=open_cache(work / "probe.sqlite"))  # fmt: skip
         mode = "json_object"  # llama.cpp refuses json_schema; the stage settles on this after one refusal
         payloads = [client.arguments(q, 0, mode) for q in requests.values()]
         asyncio.run(minimal_client(url, payloads[:1], 1))  # warm-up: model pages, grammar code paths

@@ -135,7 +135,11 @@ class TeacherConfig(_Strict):
     batch_poll_s: float = Field(30.0, gt=0)
     price_input_per_mtok: float | None = Field(None, ge=0, description="USD per million prompt tokens (for the card)")
     price_output_per_mtok: float | None = Field(None, ge=0, description="USD per million completion tokens")
-    cache: Path | None = Field(None, description="answer cache (SQLite); default: OUT/.pallm/teacher.sqlite")
+    cache: str | None = Field(
+        None,
+        description="answer cache: a SQLite file, or a postgresql:// URL for workers on several machines;"
+        " default: OUT/.pallm/teacher.sqlite",
+    )
     lexical_min_p: float = Field(
         0.5, gt=0, le=1, description="flag words_give_label when the words-only probe gives the gold label this often"
     )

@@ -65,6 +65,7 @@ from pallm.shards import (
 from pallm.speech.stage import diarize_stage, speech_stage
 from pallm.stages import Row, Stage, check_pipeline, run_stages
 from pallm.teacher import local
+from pallm.teacher.cache import public_location
 
 STATE_DIR = ".pallm"
 DATA_DIR = "data"
@@ -165,10 +166,18 @@ def describe_stages(config: BuildConfig, norms: SpeakerNorms, probe: LexicalProb
     return stages
 
 
-def teacher_cache(config: BuildConfig) -> Path:
-    """Where the teacher's answers are cached: teacher.cache, else inside the dataset folder."""
+def public_config(config: BuildConfig) -> dict[str, Any]:
+    """The config as the manifest records it: no secret (a database URL's password) written down."""
+    dumped = config.model_dump(mode="json")
+    if dumped["teacher"]["cache"]:
+        dumped["teacher"]["cache"] = public_location(dumped["teacher"]["cache"])
+    return dumped
+
+
+def teacher_cache(config: BuildConfig) -> str:
+    """Where the teacher's answers are cached: teacher.cache, else a SQLite file inside the dataset folder."""
     assert config.out is not None
-    return config.teacher.cache or config.out / STATE_DIR / "teacher.sqlite"
+    return config.teacher.cache or str(config.out / STATE_DIR / "teacher.sqlite")
 
 
 def close_stages(stages: Sequence[Stage]) -> None:
@@ -590,7 +599,7 @@ def finalize(
             "schema_version": SCHEMA_VERSION,
             "label_map_version": LABEL_MAP_VERSION,
             "code_version": plan.code_version,
-            "config": plan.config.model_dump(mode="json"),
+            "config": public_config(plan.config),
             "config_hash": plan.config.fingerprint(),
             "stages": {
                 s.name: {"version": s.version, "fingerprint": s.fingerprint()}

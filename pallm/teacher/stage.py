@@ -14,7 +14,6 @@ import importlib.util
 import os
 import threading
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from pydantic import BaseModel
@@ -28,7 +27,7 @@ from pallm.resident import LoadLog, resident
 from pallm.stages import Row, Stage
 from pallm.teacher import batch, rules
 from pallm.teacher.answers import json_schema
-from pallm.teacher.cache import Answer, AnswerCache, request_key
+from pallm.teacher.cache import Answer, open_cache, request_key
 from pallm.teacher.checks import check_answers, failures, review_flags
 from pallm.teacher.client import Request, Stats, TeacherClient
 from pallm.teacher.prompts import PROMPTS_DIR, TASKS, PromptTemplate, templates
@@ -80,10 +79,10 @@ class TeacherStep:
     shared by every chunk task of the process (on a cluster, through `pallm.resident`), so the concurrency
     bound holds for the whole process."""
 
-    def __init__(self, cfg: TeacherConfig, model: str, cache_path: Path) -> None:
+    def __init__(self, cfg: TeacherConfig, model: str, cache: str) -> None:
         self.cfg = cfg
         self.model = model
-        self.cache_path = cache_path
+        self.cache = cache
         self.templates: dict[str, PromptTemplate] = templates(cfg.prompts or PROMPTS_DIR)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -92,8 +91,8 @@ class TeacherStep:
         self.loads = LoadLog()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # To another process without the client: each worker opens its own (the cache file is shared).
-        return TeacherStep, (self.cfg, self.model, self.cache_path)
+        # To another process without the client: each worker opens its own (the cache is shared).
+        return TeacherStep, (self.cfg, self.model, self.cache)
 
     @property
     def prompt_version(self) -> str:
@@ -227,7 +226,7 @@ class TeacherStep:
                 if cfg.backend == "local" and cfg.structured == "auto":  # llama-cpp-python has no json_schema
                     cfg = cfg.model_copy(update={"structured": "json_object"})
                 self._client = self.loads.timed(f"teacher client {self.model}", lambda: TeacherClient(
-                    cfg, base_url=cfg.base_url, model=self.model, api_key=api_key, cache=AnswerCache(self.cache_path)
+                    cfg, base_url=cfg.base_url, model=self.model, api_key=api_key, cache=open_cache(self.cache)
                 ))  # fmt: skip
             return self._client
 
@@ -273,11 +272,11 @@ def check_teacher(cfg: TeacherConfig) -> None:
         raise FileNotFoundError("the local teacher needs llama-cpp-python[server]: pip install -e '.[teacher]'")
 
 
-def teacher_stage(cfg: TeacherConfig, cache_path: Path, *, with_words: bool) -> Stage:
-    """The teacher stage for this config; its answers are cached in `cache_path`."""
+def teacher_stage(cfg: TeacherConfig, cache: str, *, with_words: bool) -> Stage:
+    """The teacher stage for this config; its answers are cached in `cache` (a SQLite file or a database URL)."""
     check_teacher(cfg)
     model = model_name(cfg)
-    step = TeacherStep(cfg, model, cache_path)
+    step = TeacherStep(cfg, model, cache)
     identity = TeacherIdentity(
         backend=cfg.backend, model=model, prompts=step.prompt_version.split(),
         sampling=cfg.sampling() if cfg.backend != "rules" else {}, repair=cfg.repair and cfg.backend != "rules",
