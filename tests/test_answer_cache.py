@@ -71,5 +71,6 @@ def test_builds_in_other_folders_share_a_postgres_cache(ravdess16k: Path, tmp_pa
 
 def test_a_database_password_is_masked_where_it_is_shown() -> None:
     assert public_location("postgresql://u:s3cret@db:5432/pallm") == "postgresql://u:***@db:5432/pallm"
+    assert public_location("postgresql://u:p%40ss@db/pallm") == "postgresql://u:***@db/pallm"
     assert public_location("postgresql://u@db/pallm") == "postgresql://u@db/pallm"
     assert public_location("/data/out/.pallm/teacher.sqlite") == "/data/out/.pallm/teacher.sqlite"

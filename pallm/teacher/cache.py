@@ -68,8 +68,8 @@ def public_location(location: str) -> str:
     parts = urlsplit(location)
     if not is_database_url(location) or parts.password is None:
         return location
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    userinfo, host = parts.netloc.rsplit("@", 1)  # the raw text: a percent-encoded password is masked too
+    return urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{host}"))
 
 
 def open_cache(location: str | Path) -> AnswerCache:
